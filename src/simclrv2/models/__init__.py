@@ -1,0 +1,27 @@
+"""SimCLRv2 networks: ResNet encoders, heads, and the stage models built from them."""
+
+from .heads import LinearHead, ProjectionHead, ProjectionLayer
+from .registry import (
+    RELEASED,
+    SK_RATIO,
+    count_parameters,
+    create_model,
+    encoder_parameter_count,
+    list_models,
+    parse_model_name,
+)
+from .resnet import ResNet
+from .simclr import (
+    Classifier,
+    ContrastiveModel,
+    build_model,
+    classifier_config,
+    contrastive_config,
+)
+
+__all__ = [
+    "Classifier", "ContrastiveModel", "LinearHead", "ProjectionHead", "ProjectionLayer",
+    "RELEASED", "ResNet", "SK_RATIO", "build_model", "classifier_config", "contrastive_config",
+    "count_parameters", "create_model", "encoder_parameter_count", "list_models",
+    "parse_model_name",
+]

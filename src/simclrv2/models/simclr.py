@@ -1,0 +1,108 @@
+"""The networks of the three SimCLRv2 stages, built from an encoder and heads.
+
+- ``ContrastiveModel`` (pretraining): encoder + projection head, and optionally a linear
+  classifier on stop-gradient encoder features that monitors the representation while
+  pretraining (the official "linear eval while pretraining").
+- ``Classifier`` (fine-tuning, linear eval, distillation students): encoder + the first j
+  projection-head layers + a linear classifier on hiddens[j].
+
+Both are described by a plain-data ``model_config`` dict that checkpoints carry, so that a
+checkpoint rebuilds its network without pickled code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .heads import LinearHead, ProjectionHead
+from .registry import create_model
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder f(.) and projection head g(.); ``forward`` returns (z, monitor logits or None)."""
+
+    def __init__(self, encoder: nn.Module, head: ProjectionHead, monitor_classes: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.projection_head = head
+        self.monitor = LinearHead(encoder.out_dim, monitor_classes) if monitor_classes else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.encoder(x)
+        z = self.projection_head(h)
+        logits = self.monitor(h.detach()) if self.monitor is not None else None
+        return z, logits
+
+
+class Classifier(nn.Module):
+    """Encoder, projection-head layers 1..j kept from pretraining, and a linear classifier.
+
+    ``head_layer`` j = 0 classifies the encoder output, j = 1 (the SimCLRv2 default for 1% and
+    10% labels) the output of the first head layer after BN-ReLU.
+    """
+
+    def __init__(self, encoder: nn.Module, head_layers: list[nn.Module], in_dim: int,
+                 num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head_layers = nn.ModuleList(head_layers)
+        self.classifier = LinearHead(in_dim, num_classes)
+
+    @property
+    def head_layer(self) -> int:
+        return len(self.head_layers)
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """hiddens[j]: the input of the linear classifier."""
+        h = self.encoder(x)
+        for layer in self.head_layers:
+            h = layer(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.representation(x))
+
+
+def contrastive_config(encoder: str, small_images: bool = False, head_hidden_dim: int | None = None,
+                       head_out_dim: int = 128, head_layers: int = 3,
+                       monitor_classes: int = 0) -> dict[str, Any]:
+    """The plain-data description of a ContrastiveModel."""
+    return {
+        "kind": "contrastive", "encoder": encoder, "small_images": bool(small_images),
+        "head_hidden_dim": head_hidden_dim, "head_out_dim": head_out_dim,
+        "head_layers": head_layers, "monitor_classes": monitor_classes,
+    }
+
+
+def classifier_config(encoder: str, num_classes: int, head_layer: int = 0, small_images: bool = False,
+                      head_hidden_dim: int | None = None, head_out_dim: int = 128,
+                      head_layers: int = 3) -> dict[str, Any]:
+    """The plain-data description of a Classifier keeping ``head_layer`` head layers."""
+    return {
+        "kind": "classifier", "encoder": encoder, "small_images": bool(small_images),
+        "head_hidden_dim": head_hidden_dim, "head_out_dim": head_out_dim,
+        "head_layers": head_layers, "head_layer": head_layer, "num_classes": num_classes,
+    }
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a ContrastiveModel or Classifier from its ``model_config``."""
+    encoder = create_model(config["encoder"], config.get("small_images", False))
+    head = ProjectionHead(encoder.out_dim, config.get("head_hidden_dim"),
+                          config.get("head_out_dim", 128), config.get("head_layers", 3))
+    if config["kind"] == "contrastive":
+        return ContrastiveModel(encoder, head, config.get("monitor_classes", 0))
+    if config["kind"] == "classifier":
+        j = config.get("head_layer", 0)
+        if not 0 <= j <= len(head.layers) - 1:
+            raise UserError(
+                f"head layer {j} is beyond the projection head: it has {len(head.layers)} layers, "
+                f"so use a head layer from 0 to {len(head.layers) - 1}"
+            )
+        dims = [encoder.out_dim] + [layer.linear.out_features for layer in head.layers]
+        return Classifier(encoder, list(head.layers[:j]), dims[j], config["num_classes"])
+    raise UserError(f"unknown model kind {config['kind']!r} in the checkpoint's model_config")
