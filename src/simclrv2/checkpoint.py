@@ -1,0 +1,172 @@
+"""Checkpoints: atomic writes, verified loads, no pickled code.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain data (dicts, lists,
+strings, numbers), so it loads with ``weights_only=True``: a file that carries pickled Python
+objects is refused. Files are written to a temporary name in the same folder, flushed to disk
+and renamed over the target (``os.replace``), so a crash leaves either the old file or the new
+one, never half of one. A ``.sha256`` file beside each checkpoint lets a load detect a file
+that was damaged later (truncated copy, bit rot); loading falls back to an older checkpoint.
+
+Keys every checkpoint has: ``format``, ``version``, ``stage``, ``model_config`` (plain data that
+rebuilds the network, see ``simclrv2.models.build_model``) and ``model`` (its state dict).
+Training checkpoints add ``step``, ``epoch``, ``optimizer``, ``config`` and stage-specific
+state; ``class_names`` is there whenever the model classifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "simclrv2-checkpoint"
+VERSION = 1
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save`` through a temporary file and ``os.replace``; returns the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return digest
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Atomically save a checkpoint dict (plain data and tensors only) with its checksum."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    # A stale checksum from an earlier file of the same name would condemn the new one.
+    sidecar.unlink(missing_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    digest = atomic_torch_save(payload, path)
+    atomic_write_bytes(sidecar, f"{digest}  {path.name}\n".encode())
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify a checkpoint; a one-line UserError for anything that is not a good one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: pass the path of a .pt file written by simclrv2")
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        if expected and file_sha256(path) != expected:
+            raise UserError(f"checkpoint {path} is corrupt (its sha256 does not match {sidecar.name}): "
+                            "use an earlier checkpoint or re-create it")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise UserError(f"refusing to load {path}: it carries pickled Python objects, not only "
+                            "tensors and plain data (load only checkpoints you trust, and convert them "
+                            "to tensors-only files)") from None
+        raise UserError(f"checkpoint {path} is corrupt ({exc}): use an earlier checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({reason}): "
+                        "use an earlier checkpoint or re-create it") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a simclrv2 checkpoint (no '{FORMAT}' marker): convert official "
+                        "TensorFlow checkpoints with `simclrv2 import-tf`")
+    if payload.get("version", 0) > VERSION:
+        raise UserError(f"checkpoint {path} has format version {payload['version']}, newer than this "
+                        f"simclrv2 reads ({VERSION}): upgrade simclrv2")
+    for key in ("model_config", "model"):
+        if key not in payload:
+            raise UserError(f"checkpoint {path} has no '{key}' entry: it is incomplete; re-create it")
+    return payload
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The ``ckpt-STEP.pt`` files of a folder, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+class CheckpointManager:
+    """Numbered training checkpoints in one folder: save, keep the last K, find the latest good one."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+        self.directory = Path(directory)
+        self.keep = max(1, keep)
+
+    def save(self, payload: dict[str, Any], step: int) -> Path:
+        path = save_checkpoint(payload, self.directory / f"ckpt-{step:09d}.pt")
+        for old in list_checkpoints(self.directory)[: -self.keep]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        return path
+
+    def latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads and verifies; damaged newer ones are reported and skipped."""
+        for path in reversed(list_checkpoints(self.directory)):
+            try:
+                return path, load_checkpoint(path, map_location)
+            except UserError as exc:
+                log.warning("skipping %s", exc)
+        return None
