@@ -22,9 +22,11 @@ import pickle
 import re
 import tempfile
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import UserError
@@ -92,9 +94,29 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def plain_data(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` with NumPy values turned into Python numbers / tensors; TypeError for anything
+    that ``weights_only`` loading would refuse (so a bad checkpoint fails when written, not read)."""
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, plain_data(v, f"{where}[{k!r}]")) for k, v in obj.items()) \
+            if isinstance(obj, OrderedDict) else {k: plain_data(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, torch.device):
+        return str(obj)
+    raise TypeError(f"{where} holds a {type(obj).__name__}, which a weights-only checkpoint cannot store")
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """Atomically save a checkpoint dict (plain data and tensors only) with its checksum."""
     path = Path(path)
+    payload = plain_data(payload)
     sidecar = path.with_name(path.name + ".sha256")
     # A stale checksum from an earlier file of the same name would condemn the new one.
     sidecar.unlink(missing_ok=True)

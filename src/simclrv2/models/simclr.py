@@ -23,13 +23,21 @@ from .registry import create_model
 
 
 class ContrastiveModel(nn.Module):
-    """Encoder f(.) and projection head g(.); ``forward`` returns (z, monitor logits or None)."""
+    """Encoder f(.) and projection head g(.); ``forward`` returns (z, monitor logits or None).
+
+    The monitor is a linear classifier on the stop-gradient encoder output. Unlike the
+    official head it first standardises the features (BN without affine parameters, as the
+    linear probes of MAE), which keeps it stable whatever the scale of the features.
+    """
 
     def __init__(self, encoder: nn.Module, head: ProjectionHead, monitor_classes: int = 0):
         super().__init__()
         self.encoder = encoder
         self.projection_head = head
-        self.monitor = LinearHead(encoder.out_dim, monitor_classes) if monitor_classes else None
+        self.monitor = None
+        if monitor_classes:
+            self.monitor = nn.Sequential(nn.BatchNorm1d(encoder.out_dim, affine=False),
+                                         LinearHead(encoder.out_dim, monitor_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.encoder(x)

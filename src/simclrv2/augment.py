@@ -1,0 +1,247 @@
+"""SimCLR augmentations as batched tensor ops on the training device.
+
+Chen et al. 2020 (SimCLR, Appendix A) and the official ``data_util.py``: random resized crop
+(area [0.08, 1], aspect ratio [3/4, 4/3], bicubic), horizontal flip, colour jitter with p 0.8
+(brightness, contrast, saturation, hue at strength s, in a random order per image, clipped to
+[0, 1] after each), grayscale with p 0.2, Gaussian blur with p 0.5 (sigma in [0.1, 2], kernel
+10% of the image size), pixels in [0, 1] without mean/std normalisation.
+
+Input is a batch of uint8 images that the data loader resized to a square (whatever their
+original shape) plus each image's original aspect ratio (width / height): crops are drawn in
+the original image's geometry, so the squash does not distort them. Every random number comes
+from the ``torch.Generator`` passed in; the training loops seed it per step, so a resumed run
+draws the same augmentations as an uninterrupted one.
+
+Deviations from the official TF code, all deliberate: the crop box is continuous (TF rounds to
+whole pixels) and falls back to the whole image after 10 tries (TF: 100); blur draws one sigma
+per image as the paper describes (the TF2 code draws one per batch); bicubic resampling uses
+PyTorch's kernel (a = -0.75; TF's uses a = -0.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # TF rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of one augmentation pipeline (see the presets below)."""
+
+    size: int = 224
+    crop_area: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    color_strength: float = 1.0  # 0 disables colour jitter and grayscale
+    color_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.5  # 0 disables blur
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    @classmethod
+    def pretrain(cls, size: int, **overrides) -> "AugmentConfig":
+        """The ImageNet recipe; images of 32 px or less get the CIFAR recipe (s = 0.5, no blur)."""
+        base = cls(size=size) if size > 32 else cls(size=size, color_strength=0.5, blur_p=0.0)
+        return base.replace(**overrides)
+
+    @classmethod
+    def finetune(cls, size: int, **overrides) -> "AugmentConfig":
+        """Crop and flip only: fine-tuning, linear evaluation and distillation."""
+        return cls(size=size, color_strength=0.0, blur_p=0.0).replace(**overrides)
+
+    def replace(self, **changes) -> "AugmentConfig":
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        fields.update({k: v for k, v in changes.items() if v is not None})
+        return AugmentConfig(**fields)
+
+
+def _uniform(shape, low, high, generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator, device=device)
+
+
+def sample_crop_boxes(aspect: torch.Tensor, area: tuple[float, float], ratio: tuple[float, float],
+                      generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
+    """Random crop boxes (cx, cy, w, h) in [0, 1] image coordinates, one per image.
+
+    ``area`` is the crop's fraction of the image area and ``ratio`` its aspect ratio in pixels
+    (width / height); ``aspect`` is each image's width / height. The first of ``attempts`` draws
+    that fits inside the image is kept; if none fits, the whole image.
+    """
+    n, device = aspect.shape[0], aspect.device
+    a = _uniform((n, attempts), area[0], area[1], generator, device)
+    r = _uniform((n, attempts), ratio[0], ratio[1], generator, device)
+    rho = aspect.float().unsqueeze(1)
+    w = torch.sqrt(a * r / rho)
+    h = torch.sqrt(a * rho / r)
+    fits = (w <= 1) & (h <= 1)
+    first = fits.int().argmax(1, keepdim=True)
+    found = fits.any(1)
+    w = torch.where(found, w.gather(1, first).squeeze(1), torch.ones_like(found, dtype=w.dtype))
+    h = torch.where(found, h.gather(1, first).squeeze(1), torch.ones_like(found, dtype=h.dtype))
+    cx = w / 2 + (1 - w) * torch.rand(n, generator=generator, device=device)
+    cy = h / 2 + (1 - h) * torch.rand(n, generator=generator, device=device)
+    return torch.stack([cx, cy, w, h], dim=1)
+
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop each image to its box and resize to ``size`` x ``size`` (bicubic), mirroring where ``flip``.
+
+    One ``grid_sample`` does crop, resize and flip for the whole batch.
+    """
+    n = images.shape[0]
+    cx, cy, w, h = boxes.unbind(1)
+    sx = w if flip is None else torch.where(flip, -w, w)
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return out.clamp_(0, 1)
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> HSV with hue in [0, 1), as ``tf.image.rgb_to_hsv``."""
+    r, g, b = rgb.unbind(1)
+    v, _ = rgb.max(1)
+    m, _ = rgb.min(1)
+    delta = v - m
+    s = torch.where(v > 0, delta / v.clamp_min(1e-12), torch.zeros_like(v))
+    safe = delta.clamp_min(1e-12)
+    h = torch.where(v == r, (g - b) / safe, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(delta > 0, (h / 6) % 1.0, torch.zeros_like(h))
+    return torch.stack([h, s, v], 1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``rgb_to_hsv`` (branch-free form: channel = v - v s clamp(min(k, 4 - k), 0, 1))."""
+    h, s, v = hsv.unbind(1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + h * 6) % 6
+        out.append(v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+    return torch.stack(out, 1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """SimCLRv2 brightness: multiply by the factor (v1 added a delta instead)."""
+    return x * factor.view(-1, 1, 1, 1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``tf.image.adjust_contrast``: scale each channel's deviation from its spatial mean."""
+    mean = x.mean((2, 3), keepdim=True)
+    return (x - mean) * factor.view(-1, 1, 1, 1) + mean
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``tf.image.adjust_saturation``: HSV saturation times the factor, clipped to [0, 1].
+
+    In HSV each channel is v - v s k(h), so scaling s scales every channel's distance to the
+    maximum channel v: done directly in RGB, without the HSV round trip.
+    """
+    v, _ = x.max(1, keepdim=True)
+    m, _ = x.min(1, keepdim=True)
+    s = torch.where(v > 0, (v - m) / v.clamp_min(1e-12), torch.zeros_like(v))
+    new_s = (s * factor.view(-1, 1, 1, 1)).clamp(0, 1)
+    ratio = torch.where(s > 0, new_s / s.clamp_min(1e-12), torch.ones_like(s))
+    return v - (v - x) * ratio
+
+
+def adjust_hue(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``tf.image.adjust_hue``: rotate the hue by ``delta`` (a fraction of the colour circle)."""
+    hsv = rgb_to_hsv(x)
+    h = (hsv[:, 0] + delta.view(-1, 1, 1)) % 1.0
+    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], 1))
+
+
+def to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True).expand_as(x)
+
+
+def sample_jitter(n: int, strength: float, generator: torch.Generator,
+                  device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-image factors (brightness, contrast, saturation, hue delta) and the order of the ops.
+
+    At strength s: brightness in [max(0, 1 - 0.8s), 1 + 0.8s], contrast and saturation in
+    [1 - 0.8s, 1 + 0.8s], hue delta in [-0.2s, 0.2s]; ``order[i]`` is a permutation of 0..3.
+    """
+    s = strength
+    params = [
+        _uniform(n, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, generator, device),
+        _uniform(n, 1 - 0.8 * s, 1 + 0.8 * s, generator, device),
+        _uniform(n, 1 - 0.8 * s, 1 + 0.8 * s, generator, device),
+        _uniform(n, -0.2 * s, 0.2 * s, generator, device),
+    ]
+    order = torch.rand(n, 4, generator=generator, device=device).argsort(1)
+    return params, order
+
+
+def color_jitter(x: torch.Tensor, strength: float, apply: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue in a random order per image, clipped after each.
+
+    Images with ``apply`` False are returned unchanged. At each position of the random order
+    every operation runs on the whole batch and each image keeps the result of the one it drew
+    there: four times the arithmetic of a per-image loop, but batched and free of host syncs.
+    """
+    params, order = sample_jitter(x.shape[0], strength, generator, x.device)
+    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    for position in range(4):
+        for op_index, op in enumerate(ops):
+            chosen = ((order[:, position] == op_index) & apply).view(-1, 1, 1, 1)
+            x = torch.where(chosen, op(x, params[op_index]).clamp(0, 1), x)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per image and zero "SAME" padding (as TF)."""
+    radius = kernel_size // 2
+    if radius < 1:
+        return x
+    n, c, height, width = x.shape
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-offsets.view(1, -1) ** 2 / (2 * sigma.view(-1, 1).to(x.dtype) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    kernel = kernel.repeat_interleave(c, 0)  # (n * c, taps)
+    flat = x.reshape(1, n * c, height, width)
+    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), padding=(0, radius), groups=n * c)
+    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), padding=(radius, 0), groups=n * c)
+    return flat.view(n, c, height, width)
+
+
+class SimCLRAugment:
+    """A batched augmentation pipeline: uint8 (N, 3, S, S) + aspect (N,) -> float (N, 3, size, size).
+
+    ``AugmentConfig.pretrain(size)`` gives the contrastive views; ``AugmentConfig.finetune(size)``
+    crop + flip only. Call it twice on the same batch for two independent views.
+    """
+
+    def __init__(self, config: AugmentConfig):
+        self.config = config
+
+    def __call__(self, images: torch.Tensor, aspect: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        cfg = self.config
+        n, device = images.shape[0], images.device
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        boxes = sample_crop_boxes(aspect, cfg.crop_area, cfg.crop_ratio, generator)
+        flip = torch.rand(n, generator=generator, device=device) < 0.5 if cfg.flip else None
+        x = resized_crop(x, boxes, cfg.size, flip)
+        if cfg.color_strength > 0:
+            apply = torch.rand(n, generator=generator, device=device) < cfg.color_p
+            x = color_jitter(x, cfg.color_strength, apply, generator)
+            gray = torch.rand(n, generator=generator, device=device) < cfg.gray_p
+            x = torch.where(gray.view(-1, 1, 1, 1), to_grayscale(x), x)
+        if cfg.blur_p > 0:
+            sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, device)
+            blur = torch.rand(n, generator=generator, device=device) < cfg.blur_p
+            x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma, cfg.size // 10), x)
+        return x.clamp_(0, 1)
+

@@ -1,0 +1,233 @@
+"""Typed, validated configuration shared by the command line, YAML files and the Python API.
+
+Each stage describes its settings once, as a dataclass whose fields carry help text and limits
+(``option``). From that one description come the command-line flags (``add_arguments``), the
+YAML reader (``from_mapping``) with one-line errors that name the key, and ``--set key=value``
+overrides. Nothing is validated twice or described twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import UserError
+
+_NONE_TYPE = type(None)
+
+
+def option(default: Any = None, help: str = "", *, choices: tuple | None = None, minimum: float | None = None,
+           maximum: float | None = None, exclusive_minimum: bool = False, required: bool = False,
+           flag: str | None = None, cli: bool = True) -> Any:
+    """A dataclass field with what the CLI and the validator need to know about it."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
+            "exclusive_minimum": exclusive_minimum, "required": required, "flag": flag, "cli": cli}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(hint) -> tuple[Any, bool]:
+    if typing.get_origin(hint) is Union:
+        args = [a for a in typing.get_args(hint) if a is not _NONE_TYPE]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def _type_name(hint) -> str:
+    base, optional = _unwrap_optional(hint)
+    if typing.get_origin(base) is list:
+        name = f"a list of {typing.get_args(base)[0].__name__}"
+    else:
+        name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, str(base))
+    return name + (" or null" if optional else "")
+
+
+def coerce(value: Any, hint, where: str) -> Any:
+    """Check ``value`` against a type hint; ints pass for floats, nothing else is converted."""
+    base, optional = _unwrap_optional(hint)
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{where} must be {_type_name(hint)}, not null")
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be {_type_name(hint)}, got {value!r}")
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML reads `head_layer: 1` as an int
+    raise UserError(f"{where} must be {_type_name(hint)}, got {value!r}")
+
+
+def _check_limits(value: Any, meta: dict, where: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is None:
+            continue
+        if meta["choices"] and v not in meta["choices"]:
+            raise UserError(f"{where} must be one of {', '.join(map(str, meta['choices']))}; got {v!r}")
+        lo, hi = meta["minimum"], meta["maximum"]
+        if lo is not None and (v < lo or (meta["exclusive_minimum"] and v == lo)):
+            raise UserError(f"{where} must be {'>' if meta['exclusive_minimum'] else '>='} {lo}; got {v!r}")
+        if hi is not None and v > hi:
+            raise UserError(f"{where} must be <= {hi}; got {v!r}")
+
+
+def validate(cfg: Any, prefix: str = "") -> Any:
+    """Type- and range-check every field of a config dataclass in place; returns it."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        where = f"config key '{prefix}{f.name}'"
+        value = coerce(getattr(cfg, f.name), hints[f.name], where)
+        _check_limits(value, f.metadata, where)
+        if f.metadata.get("required") and value in (None, ""):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            raise UserError(f"{where} is required (on the command line: {flag})")
+        setattr(cfg, f.name, value)
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        check()
+    return cfg
+
+
+def unknown_key_error(key: str, known: list[str], prefix: str = "") -> UserError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+    return UserError(f"unknown config key '{prefix}{key}': {hint}")
+
+
+def from_mapping(cls, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Build and validate a config dataclass from a dict (YAML); unknown keys are errors."""
+    data = dict(data or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise unknown_key_error(str(key), names, prefix)
+    return validate(cls(**data), prefix)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain data (for YAML files and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist: check the path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text file: pass a YAML file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r} must look like key=value (e.g. --set pretrain.epochs=10)")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise UserError(f"--set {text!r} has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set key=value`` overrides to a nested mapping (creating sections as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field: ``--field-name`` (or the field's ``flag``), booleans as --x/--no-x.
+
+    Defaults are suppressed so that only flags the user gave override a config file.
+    """
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        base, _ = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = meta.get("help", "")
+        if not meta.get("required"):
+            help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if typing.get_origin(base) is list:
+            kwargs["nargs"] = "+"
+            base = typing.get_args(base)[0]
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        kwargs["type"] = base
+        kwargs["metavar"] = f.name.upper()
+        parser.add_argument(flag, **kwargs)
+
+
+def from_args(cls, args: argparse.Namespace, config_path: str | None = None,
+              overrides: list[str] | None = None) -> Any:
+    """Config from an optional YAML file, then ``--set`` overrides, then explicit flags."""
+    data = load_yaml(config_path) if config_path else {}
+    data = apply_overrides(data, overrides or [])
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in names:
+        if hasattr(args, name):
+            data[name] = getattr(args, name)
+    return from_mapping(cls, data)
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())

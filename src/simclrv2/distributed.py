@@ -1,0 +1,167 @@
+"""Data-parallel training with plain ``torch.distributed`` (launched by ``torchrun``).
+
+NCCL on GPUs, gloo on CPUs. Two things SimCLRv2 needs beyond DDP: negatives gathered from
+every process *with* their gradient (``gather_with_grad``) and global BatchNorm, whose
+statistics span the global batch. PyTorch's ``SyncBatchNorm`` runs only on GPUs, so on CPU the
+BN layers become ``GlobalBatchNorm``, which all-reduces the per-channel sums with autograd.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: its rank among ``world_size`` processes and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def setup(device: str = "auto") -> Runtime:
+    """Pick the device and, under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return Runtime(rank(), world_size(), local_rank, dev)
+
+
+def teardown() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process in rank order; gradients flow back to their owners."""
+    if world_size() == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process in rank order (no gradient)."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over processes (a new tensor; no gradient)."""
+    if world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch, on any device.
+
+    Per-channel sums and sums of squares are all-reduced with autograd support, so the
+    gradients are those of BatchNorm over the concatenated batch. With one process, or in
+    eval mode, it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
+        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
+        stats = dist_fn.all_reduce(stats)
+        c = x.shape[1]
+        total = stats[-1]
+        mean = stats[:c] / total
+        var = (stats[c:2 * c] / total - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * total / (total - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
+
+
+def convert_to_global_bn(module: nn.Module, device: torch.device) -> nn.Module:
+    """Swap every BatchNorm for its cross-process version: SyncBatchNorm on GPU, GlobalBatchNorm else."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, convert_to_global_bn(child, device))
+    return module
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+

@@ -1,0 +1,155 @@
+import colorsys
+
+import pytest
+import torch
+
+from simclrv2.augment import (
+    AugmentConfig,
+    SimCLRAugment,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    gaussian_blur,
+    hsv_to_rgb,
+    resized_crop,
+    rgb_to_hsv,
+    sample_crop_boxes,
+    sample_jitter,
+    to_grayscale,
+)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("aspect", [1.0, 4 / 3, 0.5, 2.5])
+def test_crop_boxes_stay_in_spec_ranges(aspect):
+    boxes = sample_crop_boxes(torch.full((4000,), aspect), (0.08, 1.0), (3 / 4, 4 / 3), gen())
+    cx, cy, w, h = boxes.unbind(1)
+    assert (w <= 1 + 1e-6).all() and (h <= 1 + 1e-6).all()
+    assert (cx - w / 2 >= -1e-6).all() and (cx + w / 2 <= 1 + 1e-6).all()
+    assert (cy - h / 2 >= -1e-6).all() and (cy + h / 2 <= 1 + 1e-6).all()
+    area = w * h
+    pixel_ratio = w / h * aspect  # crop width / height in the original pixels
+    whole = (w == 1) & (h == 1)
+    assert (area[~whole] >= 0.08 - 1e-6).all()
+    assert ((pixel_ratio[~whole] >= 0.75 - 1e-5) & (pixel_ratio[~whole] <= 4 / 3 + 1e-5)).all()
+    assert area.min() < 0.15 and area.max() > 0.9  # the whole range is used
+
+
+def test_crop_falls_back_to_whole_image_when_nothing_fits():
+    boxes = sample_crop_boxes(torch.full((8,), 10.0), (0.9, 1.0), (3 / 4, 4 / 3), gen())
+    torch.testing.assert_close(boxes, torch.tensor([[0.5, 0.5, 1.0, 1.0]]).expand(8, 4))
+
+
+def test_resized_crop_full_box_is_identity_and_flip_mirrors():
+    x = torch.rand(2, 3, 9, 9)
+    full = torch.tensor([[0.5, 0.5, 1.0, 1.0]] * 2)
+    torch.testing.assert_close(resized_crop(x, full, 9), x, atol=1e-5, rtol=0)
+    flipped = resized_crop(x, full, 9, flip=torch.tensor([True, False]))
+    torch.testing.assert_close(flipped[0], x[0].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flipped[1], x[1], atol=1e-5, rtol=0)
+
+
+def test_resized_crop_of_left_half_upsamples_that_half():
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., :4] = 1.0
+    left = resized_crop(x, torch.tensor([[0.25, 0.5, 0.5, 1.0]]), 8)
+    assert left[..., 1:-1].min() > 0.95  # only the white half is sampled
+
+
+def test_hsv_conversions_match_colorsys():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 5, 7, dtype=torch.float64)
+    x[0, :, 0, 0] = torch.tensor([0.3, 0.3, 0.3])  # gray pixel
+    hsv = rgb_to_hsv(x)
+    for i in range(5):
+        for j in range(7):
+            expected = colorsys.rgb_to_hsv(*x[0, :, i, j].tolist())
+            assert hsv[0, :, i, j].tolist() == pytest.approx(expected, abs=1e-9)
+    torch.testing.assert_close(hsv_to_rgb(hsv), x)
+
+
+def test_hue_and_saturation_match_colorsys_reference():
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 4, 4, dtype=torch.float64)
+    delta = torch.tensor([0.1, -0.15, 0.0], dtype=torch.float64)
+    factor = torch.tensor([0.4, 1.6, 3.0], dtype=torch.float64)
+    hue = adjust_hue(x, delta)
+    sat = adjust_saturation(x, factor)
+    for n in range(3):
+        for i in range(4):
+            for j in range(4):
+                h, s, v = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
+                assert hue[n, :, i, j].tolist() == pytest.approx(colorsys.hsv_to_rgb((h + delta[n].item()) % 1, s, v), abs=1e-9)
+                s2 = min(max(s * factor[n].item(), 0.0), 1.0)
+                assert sat[n, :, i, j].tolist() == pytest.approx(colorsys.hsv_to_rgb(h, s2, v), abs=1e-9)
+
+
+def test_contrast_keeps_channel_means_and_grayscale_weights():
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    y = adjust_contrast(x, torch.tensor([0.5, 1.5], dtype=torch.float64))
+    torch.testing.assert_close(y.mean((2, 3)), x.mean((2, 3)))
+    torch.testing.assert_close(y[0] - y[0].mean((1, 2), keepdim=True), 0.5 * (x[0] - x[0].mean((1, 2), keepdim=True)))
+    g = to_grayscale(x)
+    torch.testing.assert_close(g[:, 0], 0.2989 * x[:, 0] + 0.5870 * x[:, 1] + 0.1140 * x[:, 2])
+    assert torch.equal(g[:, 0], g[:, 2])
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_jitter_parameters_in_spec_ranges(strength):
+    params, order = sample_jitter(5000, strength, gen(), torch.device("cpu"))
+    s = strength
+    bounds = [(max(0, 1 - 0.8 * s), 1 + 0.8 * s), (1 - 0.8 * s, 1 + 0.8 * s), (1 - 0.8 * s, 1 + 0.8 * s), (-0.2 * s, 0.2 * s)]
+    for p, (lo, hi) in zip(params, bounds):
+        assert p.min() >= lo and p.max() <= hi
+        assert p.min() < lo + 0.05 * (hi - lo) and p.max() > hi - 0.05 * (hi - lo)
+    assert torch.equal(order.sort(1).values, torch.arange(4).expand(5000, 4))
+    assert len({tuple(r) for r in order.tolist()}) == 24  # every order occurs
+
+
+def test_color_jitter_leaves_unselected_images_alone_and_stays_in_range():
+    x = torch.rand(6, 3, 8, 8)
+    apply = torch.tensor([True, False] * 3)
+    y = color_jitter(x, 1.0, apply, gen())
+    assert torch.equal(y[~apply], x[~apply])
+    assert not torch.allclose(y[apply], x[apply])
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_gaussian_blur_kernel_normalised_and_sigma_matters():
+    x = torch.zeros(2, 3, 21, 21)
+    x[:, :, 10, 10] = 1.0
+    y = gaussian_blur(x, torch.tensor([0.1, 2.0]), kernel_size=11)
+    assert y[0].sum().item() == pytest.approx(3.0, rel=1e-5)
+    assert y[1].sum().item() == pytest.approx(3.0, rel=1e-3)
+    assert y[0, 0, 10, 10] > 0.99  # sigma 0.1: nearly the identity
+    assert y[1, 0, 10, 10] < 0.1
+    # separable Gaussian profile: exp(-d^2 / (2 sigma^2)) ratios along a row
+    ratio = (y[1, 0, 10, 11] / y[1, 0, 10, 10]).item()
+    assert ratio == pytest.approx(torch.exp(torch.tensor(-1 / 8)).item(), rel=1e-4)
+
+
+def test_views_in_range_differ_and_reproduce_with_seed():
+    images = (torch.rand(8, 3, 40, 40) * 255).to(torch.uint8)
+    aspect = torch.tensor([1.0, 1.5, 0.7, 1.0, 1.0, 2.0, 1.0, 1.0])
+    aug = SimCLRAugment(AugmentConfig.pretrain(32 + 8))
+    g = gen(3)
+    v1, v2 = aug(images, aspect, g), aug(images, aspect, g)
+    assert v1.shape == (8, 3, 40, 40) and v1.dtype == torch.float32
+    assert v1.min() >= 0 and v1.max() <= 1
+    assert not torch.allclose(v1, v2)
+    g = gen(3)
+    torch.testing.assert_close(aug(images, aspect, g), v1, rtol=0, atol=0)
+    assert not torch.allclose(aug(images, aspect, gen(4)), v1)
+
+
+def test_presets():
+    small = AugmentConfig.pretrain(32)
+    assert small.color_strength == 0.5 and small.blur_p == 0.0
+    big = AugmentConfig.pretrain(224)
+    assert big.color_strength == 1.0 and big.blur_p == 0.5 and big.crop_area == (0.08, 1.0)
+    ft = AugmentConfig.finetune(224)
+    assert ft.color_strength == 0 and ft.blur_p == 0 and ft.flip

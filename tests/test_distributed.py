@@ -1,0 +1,100 @@
+"""Two gloo processes on CPU against one process on the full batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from simclrv2.distributed import GlobalBatchNorm, convert_to_global_bn
+from simclrv2.losses import NTXentLoss
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two(fn, *args):
+    port = free_port()
+    mp.spawn(fn, args=(port, *args), nprocs=2, join=True)
+
+
+def init(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+
+
+def loss_worker(rank, port, z1, z2, out_dir):
+    init(rank, port)
+    n = z1.shape[0] // 2
+    a = z1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    b = z2[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    loss = NTXentLoss(0.2)(a, b)
+    loss.backward()
+    # DDP would average parameter gradients over the 2 processes: divide by the world size.
+    torch.save({"loss": loss.detach(), "ga": a.grad / 2, "gb": b.grad / 2}, f"{out_dir}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ntxent_two_processes_equal_one_process(tmp_path):
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(8, 5), torch.randn(8, 5)
+    run_two(loss_worker, z1, z2, str(tmp_path))
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    full = NTXentLoss(0.2)(a, b)
+    full.backward()
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    assert (parts[0]["loss"] + parts[1]["loss"]).item() / 2 == pytest.approx(full.item(), rel=1e-6)
+    torch.testing.assert_close(torch.cat([p["ga"] for p in parts]), a.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.cat([p["gb"] for p in parts]), b.grad, rtol=1e-5, atol=1e-7)
+
+
+def make_net():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
+                        nn.BatchNorm1d(3))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.5, 0.5)
+    return net
+
+
+def bn_worker(rank, port, x, w, out_dir):
+    init(rank, port)
+    net = convert_to_global_bn(make_net(), torch.device("cpu")).train()
+    assert isinstance(net[1], GlobalBatchNorm) and isinstance(net[5], GlobalBatchNorm)
+    n = x.shape[0] // 2
+    xr = x[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    out = net(xr)
+    (out * w[rank * n:(rank + 1) * n]).sum().backward()
+    grads = {k: p.grad for k, p in net.named_parameters()}
+    torch.save({"out": out.detach(), "gx": xr.grad, "grads": grads,
+                "running": {k: v for k, v in net.state_dict().items() if "running" in k}}, f"{out_dir}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_global_bn_two_processes_equal_one_process(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6)
+    w = torch.randn(8, 3)
+    run_two(bn_worker, x, w, str(tmp_path))
+    net = make_net().train()
+    xf = x.clone().requires_grad_(True)
+    out = net(xf)
+    (out * w).sum().backward()
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    torch.testing.assert_close(torch.cat([p["out"] for p in parts]), out.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.cat([p["gx"] for p in parts]), xf.grad, rtol=1e-4, atol=1e-5)
+    for name, p in net.named_parameters():
+        # each process holds the gradient of its own loss term; their sum is the full gradient
+        summed = parts[0]["grads"][name] + parts[1]["grads"][name]
+        torch.testing.assert_close(summed, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for key, value in net.state_dict().items():
+        if "running" in key:
+            torch.testing.assert_close(parts[0]["running"][key], value, rtol=1e-4, atol=1e-6, msg=key)
