@@ -1,0 +1,132 @@
+"""Decode one image file into an RGB ``uint8`` array, whatever its mode, or fail cleanly.
+
+Real image folders hold grayscale scans, palette PNGs with transparency, CMYK JPEGs from print
+workflows, 16-bit medical or scientific TIFFs and phone photos whose pixels are stored sideways
+with an EXIF orientation tag. ``load_rgb`` turns each of them into the (H, W, 3) array a viewer
+would show. A file that cannot be decoded completely (truncated, corrupt, empty, not an image,
+a decompression bomb) raises :class:`BadImage`, a :class:`UserError` naming the file, so the
+caller can skip it and count it instead of training on half an image.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT_MAX = 65535
+
+
+class BadImage(UserError):
+    """A file that cannot be decoded into an image; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str,
+                 fix: str = "delete or replace the file") -> None:
+        self.path = os.fspath(path)
+        self.reason = _one_line(reason)
+        self.fix = fix
+        super().__init__(f"cannot read image {self.path}: {self.reason}; {fix}")
+
+    def __reduce__(self):
+        # Exceptions pickle through ``args`` (the message alone), which this __init__ cannot take;
+        # DataLoader workers and multiprocessing send exceptions between processes.
+        return (type(self), (self.path, self.reason, self.fix))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode ``path`` fully into a writable ``uint8`` array of shape (H, W, 3), upright per EXIF.
+
+    Raises :class:`BadImage` for anything that is not a complete, decodable image.
+    """
+    path = os.fspath(path)
+    image = _decode(path)
+    try:
+        array = _to_rgb(image)
+    except ValueError as exc:
+        raise BadImage(path, f"cannot convert colour mode {image.mode} to RGB ({exc})",
+                       "re-export it as an 8-bit RGB image") from None
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise BadImage(path, f"decoded to an empty or malformed array of shape {array.shape}")
+    return array
+
+
+def _decode(path: str) -> Image.Image:
+    """Open, fully decode and rotate upright; every failure becomes BadImage."""
+    try:
+        with Image.open(path) as image:
+            # Image.open only reads the header: load() decodes every pixel now, so a truncated
+            # file fails here instead of yielding a partly grey image.
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        raise BadImage(path, str(exc), "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file, "
+                       "or downscale it") from None
+    except FileNotFoundError:
+        raise BadImage(path, "no such file", "check the path or re-create the file list") from None
+    except IsADirectoryError:
+        raise BadImage(path, "is a folder, not an image file", "list image files only") from None
+    except UnidentifiedImageError:
+        reason = ("empty file (0 bytes)" if _size(path) == 0
+                  else "not an image in a format Pillow reads (wrong extension or corrupt header)")
+        raise BadImage(path, reason) from None
+    except MemoryError:
+        raise BadImage(path, "too large to decode in memory", "downscale it") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise OSError, SyntaxError,
+        # ValueError, EOFError, struct.error, IndexError... on corrupt data; all mean a bad file.
+        raise BadImage(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert a decoded image of any Pillow mode to an RGB uint8 array."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.array(image, dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        # Pillow's convert() clips these at 255 instead of scaling, turning most pixels white.
+        return _gray_to_rgb(_scale_16bit(np.asarray(image)))
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        return _gray_to_rgb(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    if mode == "P" and "transparency" in image.info:
+        # Straight to RGBA: converting to RGB would drop (and warn about) the transparency.
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in _ALPHA_MODES:
+        return _composite_on_white(np.array(image.convert("RGBA"), dtype=np.uint8))
+    # "1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV": Pillow's own conversions are correct.
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    """Map 0..65535 onto 0..255 with rounding (v / 257); values outside the range are clipped."""
+    wide = np.clip(values.astype(np.int64), 0, _SIXTEEN_BIT_MAX)
+    return ((wide + 128) // 257).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Blend RGBA over a white background: out = a*rgb + (1-a)*255, rounded."""
+    rgb = rgba[:, :, :3].astype(np.uint32)
+    alpha = rgba[:, :, 3:].astype(np.uint32)
+    blended = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    return blended.astype(np.uint8)
