@@ -1,0 +1,1 @@
+"""The training stages of SimCLRv2 and the loop they share."""

@@ -1,0 +1,109 @@
+"""Pretraining end to end on scikit-learn digits (real images, no download)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from simclrv2.checkpoint import list_checkpoints, load_checkpoint
+from simclrv2.config import from_mapping
+from simclrv2.train import loop
+from simclrv2.train.pretrain import PretrainConfig, pretrain
+
+TINY = dict(data="digits", model="r18_0.25x_sk0", image_size=16, batch_size=256, lr=0.5,
+            warmup_epochs=0.5, workers=0, holdout=0.2, log_every=2, tensorboard=False)
+
+
+def config(tmp_path, **kw):
+    return from_mapping(PretrainConfig, {**TINY, "out": str(tmp_path / "run"), **kw})
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in open(run / "metrics.jsonl")]
+
+
+def test_pretraining_lowers_loss_and_knn_far_above_chance(tmp_path):
+    result = pretrain(config(tmp_path, epochs=4))
+    records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert records[-1]["contrastive_loss"] < records[0]["contrastive_loss"] - 0.5
+    assert result["knn_top1"] > 0.6  # chance is 0.1
+    payload = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert payload["stage"] == "pretrain" and payload["model_config"]["kind"] == "contrastive"
+    assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_resume_ends_with_same_weights_and_memory_as_uninterrupted_run(tmp_path, monkeypatch):
+    common = dict(epochs=2, memory=64, checkpoint_every=2, keep_checkpoints=10, knn_monitor=False)
+    pretrain(config(tmp_path / "a", **common))
+    reference = load_checkpoint(tmp_path / "a" / "run" / "model.pt")
+
+    stop_at = 3
+    original = loop.Trainer._stop_requested
+
+    def stop_once(self, stop):
+        return self.step == stop_at or original(self, stop)
+
+    monkeypatch.setattr(loop.Trainer, "_stop_requested", stop_once)
+    with pytest.raises(loop.Preempted):
+        pretrain(config(tmp_path / "b", **common))
+    monkeypatch.setattr(loop.Trainer, "_stop_requested", original)
+    assert [p.name for p in list_checkpoints(tmp_path / "b" / "run" / "checkpoints")] == ["ckpt-000000002.pt", "ckpt-000000003.pt"]
+    pretrain(config(tmp_path / "b", resume="auto", **common))
+    resumed = load_checkpoint(tmp_path / "b" / "run" / "model.pt")
+    for key, value in reference["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    # the momentum encoder and the queue, saved in the last step checkpoint of both runs
+    last_a = load_checkpoint(list_checkpoints(tmp_path / "a" / "run" / "checkpoints")[-1])
+    last_b = load_checkpoint(list_checkpoints(tmp_path / "b" / "run" / "checkpoints")[-1])
+    assert last_a["step"] == last_b["step"] > stop_at
+    for name in ("momentum_encoder", "queue"):
+        for key, value in last_a["state"][name].items():
+            assert torch.equal(value, last_b["state"][name][key]), (name, key)
+
+
+def test_refuses_to_overwrite_a_finished_run(tmp_path):
+    cfg = config(tmp_path, epochs=1, knn_monitor=False)
+    pretrain(cfg)
+    proc = subprocess.run([sys.executable, "-m", "simclrv2", "pretrain", "--data", "digits", "--out", cfg.out,
+                           "--model", "r18_0.25x_sk0", "--image-size", "16", "--epochs", "1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "holds a finished run" in proc.stderr and "--overwrite" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "'epochs' must be >= 1"),
+    (["--model", "r49_1x_sk0"], "unknown model 'r49_1x_sk0'"),
+    (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["--set", "epoch=3", "--config", "CFG"], "unknown config key 'epoch': did you mean 'epochs'?"),
+    (["--set", "temperature=hot", "--config", "CFG"], "'temperature' must be a number"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, args, message):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epochs: 1\n")
+    args = [str(cfg_file) if a == "CFG" else a for a in args]
+    base = ["--data", "digits", "--out", str(tmp_path / "o")]
+    proc = subprocess.run([sys.executable, "-m", "simclrv2", "pretrain", *base, *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_torchrun_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "simclrv2", "pretrain", "--data", "digits", "--out", str(out), "--model", "r18_0.25x_sk0",
+         "--image-size", "16", "--epochs", "1", "--batch-size", "128", "--workers", "0", "--holdout", "0.2",
+         "--memory", "256", "--no-tensorboard"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = load_checkpoint(out / "model.pt")
+    assert payload["step"] == 1437 // 128
+    # one process wrote the run folder; BN layers were global during training but are saved plainly
+    assert not any("GlobalBatchNorm" in str(type(v)) for v in payload["model"].values())
