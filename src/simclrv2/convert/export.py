@@ -1,0 +1,212 @@
+"""Export fine-tuned classifiers and distilled students for deployment.
+
+Formats: ONNX (dynamic batch axis), TorchScript (traced) and safetensors (the state dict with the
+``model_config`` in its metadata, to rebuild with ``simclrv2.models.build_model``). The exported
+network takes float32 NCHW RGB images in [0, 1] -- no mean/std normalisation, the SimCLR
+convention -- and returns logits. ``<out>.json`` beside the file says how to prepare images
+(the SimCLR evaluation crop: centre crop of 87.5% of the shorter side, bicubic resize; no crop
+for images of 32 px or less), the class names, the model config and the source checkpoint's
+sha256.
+
+ONNX and TorchScript fix the spatial size at export (``image_size``; 224, or 32 for the CIFAR
+stem): the TF "SAME" max pool pads differently for even and odd sizes, and tracing records the
+padding of the size it sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoint import atomic_write_bytes, file_sha256, load_checkpoint
+from ..errors import UserError
+from ..models import build_model
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+CROP_PROPORTION = 0.875
+ONNX_OPSET = 17
+ONNX_LIMIT_BYTES = 2 * 1024**3  # a single protobuf file cannot hold more
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+EXAMPLE_BATCH = 2  # not 1, so that nothing in the trace specialises on a batch of one
+
+
+def default_image_size(config: dict[str, Any]) -> int:
+    """224 for the ImageNet stem, 32 for the CIFAR stem."""
+    return 32 if config.get("small_images") else 224
+
+
+def preprocessing(image_size: int) -> dict[str, Any]:
+    """The SimCLR evaluation preprocessing, as data for the sidecar file."""
+    crop = CROP_PROPORTION if image_size > 32 else 1.0  # the official code skips the crop at <= 32 px
+    return {
+        "steps": [
+            f"centre crop of {crop:g} of the shorter side, aspect ratio kept" if crop < 1 else "no crop",
+            f"resize to {image_size}x{image_size} with bicubic interpolation",
+            "RGB channels, float32 values in [0, 1], NCHW layout",
+        ],
+        "center_crop_proportion": crop,
+        "resize": [image_size, image_size],
+        "interpolation": "bicubic",
+        "value_range": [0.0, 1.0],
+        "normalization": None,
+        "channel_order": "RGB",
+        "layout": "NCHW",
+    }
+
+
+def load_classifier(checkpoint_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The eval-mode classifier of a checkpoint, and the checkpoint payload."""
+    payload = load_checkpoint(checkpoint_path)
+    config = payload["model_config"]
+    kind = config.get("kind") if isinstance(config, dict) else None
+    if kind != "classifier":
+        raise UserError(f"{checkpoint_path} holds a {kind or 'unknown'} model without a classifier: fine-tune "
+                        "it first (export takes fine-tuned classifiers and distilled students)")
+    model = build_model(config)
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except (RuntimeError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{checkpoint_path}: its weights do not fit its model_config ({reason}); "
+                        "re-create the checkpoint") from None
+    return model.eval(), payload
+
+
+def class_names(payload: dict[str, Any]) -> list[str]:
+    """The checkpoint's class names, or "0".."C-1" where it has none."""
+    count = payload["model_config"]["num_classes"]
+    names = payload.get("class_names")
+    if names is None:
+        return [str(i) for i in range(count)]
+    if len(names) != count:
+        raise UserError(f"the checkpoint names {len(names)} classes but its classifier has {count} outputs: "
+                        "re-create the checkpoint")
+    return [str(n) for n in names]
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size >= ONNX_LIMIT_BYTES:
+        raise UserError(f"the model has {size / 1024**3:.1f} GB of weights, more than a single ONNX file "
+                        "holds (2 GB): export it as torchscript or safetensors")
+    buffer = io.BytesIO()
+    # Deprecation and constant-folding notices only: the exported outputs are what tests check.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: the dynamo one needs onnxscript, not a dependency here.
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    return buffer.getvalue()
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # Deprecation notices, and tracer warnings about shape arithmetic: the spatial size is
+        # fixed on purpose.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, buffer, _extra_files={"simclrv2.json": json.dumps(meta)})
+    return buffer.getvalue()
+
+
+def _export_safetensors(model: nn.Module, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": "simclrv2-classifier",
+        "model_config": json.dumps(meta["model_config"]),
+        "class_names": json.dumps(meta["class_names"]),
+        "image_size": str(meta["image_size"]),
+        "preprocessing": json.dumps(meta["preprocessing"]),
+        "source_sha256": meta["source_checkpoint"]["sha256"],
+    }
+    return save(state, metadata)
+
+
+EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, dict[str, Any]], bytes]] = {
+    "onnx": _export_onnx, "torchscript": _export_torchscript, "safetensors": _export_safetensors,
+}
+
+
+def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
+                 image_size: int | None = None) -> Path:
+    """Export the classifier of ``checkpoint_path`` as ``fmt``; writes ``out_path`` and ``<out_path>.json``."""
+    if fmt not in EXPORTERS:
+        raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    model, payload = load_classifier(checkpoint_path)
+    config = payload["model_config"]
+    size = default_image_size(config) if image_size is None else image_size
+    if size <= 0:
+        raise UserError(f"--image-size must be positive, got {size}")
+    out = Path(out_path)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give the file to write, e.g. {out / ('model.' + fmt)}")
+    example = torch.rand(EXAMPLE_BATCH, 3, size, size)
+    names = class_names(payload)
+    meta = {
+        "format": fmt,
+        "file": out.name,
+        "inputs": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32",
+                   "layout": "NCHW", "value_range": [0.0, 1.0]},
+        "outputs": {"name": OUTPUT_NAME, "shape": ["batch", len(names)], "dtype": "float32",
+                    "meaning": "logits (softmax gives class probabilities)"},
+        "image_size": size,
+        "class_names": names,
+        "preprocessing": preprocessing(size),
+        "model_config": config,
+        "source_checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)},
+        "simclrv2_version": __version__,
+    }
+    data = EXPORTERS[fmt](model, example, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, data)
+    atomic_write_bytes(out.with_name(out.name + ".json"), (json.dumps(meta, indent=2) + "\n").encode())
+    return out
+
+
+EXPORT_DESCRIPTION = """\
+Export a fine-tuned classifier or distilled student for deployment. The exported network takes
+float32 NCHW RGB images in [0, 1] (no mean/std normalisation) and returns logits; FILE.json
+beside it gives the class names, the input size and the preprocessing (centre crop of 87.5%,
+bicubic resize), the model config and the source checkpoint's sha256.
+
+formats:
+  onnx         dynamic batch axis, fixed image size (opset 17)
+  torchscript  traced; torch.jit.load(FILE) runs it without simclrv2
+  safetensors  the weights; model_config in the metadata rebuilds the network with
+               simclrv2.models.build_model
+"""
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a classifier checkpoint and say where the files went."""
+    out = export_model(args.model, args.format, args.out, image_size=args.image_size)
+    print(f"Exported {args.model} as {args.format} to {out} (preprocessing and class names in {out}.json).")
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``export`` to the ``simclrv2`` command line."""
+    p = subparsers.add_parser(
+        "export", help="export a fine-tuned classifier or student (ONNX, TorchScript, safetensors)",
+        description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="CKPT",
+                   help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write; FILE.json goes beside it")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="input height and width (default 224, or 32 for the CIFAR stem); ONNX and "
+                        "TorchScript are fixed to it")
+    p.set_defaults(func=cmd_export)
+    return p
