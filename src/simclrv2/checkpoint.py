@@ -133,32 +133,96 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint {path} does not exist: pass the path of a .pt file written by simclrv2")
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.is_file():
-        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        # A damaged sidecar (not text, not a digest) condemns the file: it cannot be verified.
+        fields = sidecar.read_bytes().decode("ascii", errors="replace").split()
+        expected = fields[0] if fields else ""
         if expected and file_sha256(path) != expected:
             raise UserError(f"checkpoint {path} is corrupt (its sha256 does not match {sidecar.name}): "
                             "use an earlier checkpoint or re-create it")
+    else:
+        # No checksum file (a copy without it): the zip's own CRC-32s still catch flipped bytes
+        # in the tensor data, which torch.load does not check.
+        damaged = _bad_crc(path)
+        if damaged:
+            raise UserError(f"checkpoint {path} is corrupt ({damaged}): use an earlier checkpoint "
+                            "or re-create it")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if _CARRIES_OBJECTS.search(str(exc)):
             raise UserError(f"refusing to load {path}: it carries pickled Python objects, not only "
                             "tensors and plain data (load only checkpoints you trust, and convert them "
                             "to tensors-only files)") from None
-        raise UserError(f"checkpoint {path} is corrupt ({exc}): use an earlier checkpoint") from None
+        # torch wraps every weights-only failure in a long multi-line text: give only its cause.
+        reason = _unpickler_reason(str(exc))
+        raise UserError(f"checkpoint {path} is truncated or corrupt (unreadable data{reason}): "
+                        "use an earlier checkpoint or re-create it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _first_line(exc)
         raise UserError(f"checkpoint {path} is truncated or corrupt ({reason}): "
                         "use an earlier checkpoint or re-create it") from None
+    except MemoryError:
+        raise UserError(f"checkpoint {path} does not fit in memory (or is corrupt): "
+                        "load it on a machine with more memory, or re-create it") from None
+    except Exception as exc:  # noqa: BLE001 - on garbage bytes torch's weights-only unpickler
+        # raises IndexError, KeyError, TypeError, struct.error, ...: all mean a damaged file.
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: "
+                        f"{_first_line(exc)}): use an earlier checkpoint or re-create it") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a simclrv2 checkpoint (no '{FORMAT}' marker): convert official "
                         "TensorFlow checkpoints with `simclrv2 import-tf`")
-    if payload.get("version", 0) > VERSION:
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"checkpoint {path} has a malformed format version ({str(version)[:40]!r}): "
+                        "it is damaged or was not written by simclrv2; re-create it")
+    if version > VERSION:
         raise UserError(f"checkpoint {path} has format version {payload['version']}, newer than this "
                         f"simclrv2 reads ({VERSION}): upgrade simclrv2")
     for key in ("model_config", "model"):
         if key not in payload:
             raise UserError(f"checkpoint {path} has no '{key}' entry: it is incomplete; re-create it")
     return payload
+
+
+# What torch's weights-only unpickler says when a file holds classes or functions (not garbage).
+_CARRIES_OBJECTS = re.compile(r"GLOBAL \S+|Can only (create|build) |must be imported to load")
+
+
+def _bad_crc(path: Path) -> str | None:
+    """The CRC-32 mismatch of a zip (torch.save) file, if any; None also for files that are not
+    zips or that zipfile cannot read (torch.load judges those)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0:  # written without CRC-32 (torch.serialization.set_crc32_options)
+                    continue
+                with archive.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+    except zipfile.BadZipFile as exc:
+        if "CRC" in str(exc):
+            return _first_line(exc)
+    except Exception:  # noqa: BLE001 - anything else zipfile dislikes is left to torch.load
+        pass
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The cause in a few words: the first line, its first sentence when that line is long."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0].split(". ")[0] if len(lines[0]) > 120 else lines[0]
+
+
+def _unpickler_reason(message: str) -> str:
+    match = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+    if match:
+        return ": " + match.group(1).strip()
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return f": {lines[0]}" if lines and "Weights only load failed" not in lines[0] else ""
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -182,6 +246,10 @@ class CheckpointManager:
         for old in list_checkpoints(self.directory)[: -self.keep]:
             old.unlink(missing_ok=True)
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        # Temporary files of earlier writes that a crash or SIGKILL cut short (each as large as
+        # a checkpoint): this write has renamed its own, so any left are stale.
+        for stale in self.directory.glob(".ckpt-*.tmp"):
+            stale.unlink(missing_ok=True)
         return path
 
     def latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
+import reprlib
 import typing
 from pathlib import Path
 from typing import Any, Union
@@ -20,6 +22,23 @@ import yaml
 from .errors import UserError
 
 _NONE_TYPE = type(None)
+
+# Values in messages: short and on one line, however large or odd the value is (a YAML alias
+# bomb must not hang the error message, a newline must not break it).
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 60, 60, 2
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+
+
+def _show(value: Any, limit: int = 100) -> str:
+    """A short one-line repr of ``value`` for messages."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _name(key: str) -> str:
+    """``key`` for messages: as is when printable, else with escapes (one line)."""
+    return key if key.isprintable() else repr(key)[1:-1]
 
 
 def option(default: Any = None, help: str = "", *, choices: tuple | None = None, minimum: float | None = None,
@@ -48,7 +67,8 @@ def _type_name(hint) -> str:
     if typing.get_origin(base) is list:
         name = f"a list of {typing.get_args(base)[0].__name__}"
     else:
-        name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, str(base))
+        name = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                dict: "a mapping of settings"}.get(base, str(base))
     return name + (" or null" if optional else "")
 
 
@@ -64,7 +84,7 @@ def coerce(value: Any, hint, where: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list):
-            raise UserError(f"{where} must be {_type_name(hint)}, got {value!r}")
+            raise UserError(f"{where} must be {_type_name(hint)}, got {_show(value)}")
         return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if base is bool:
         if isinstance(value, bool):
@@ -74,13 +94,22 @@ def coerce(value: Any, hint, where: str) -> Any:
             return value
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float range
+                number = math.inf
+            if not math.isfinite(number):
+                raise UserError(f"{where} must be a finite number, got {_show(value)}")
+            return number
+    elif base is dict:
+        if isinstance(value, dict):
+            return value
     elif base is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # YAML reads `head_layer: 1` as an int
-    raise UserError(f"{where} must be {_type_name(hint)}, got {value!r}")
+    raise UserError(f"{where} must be {_type_name(hint)}, got {_show(value)}")
 
 
 def _check_limits(value: Any, meta: dict, where: str) -> None:
@@ -89,12 +118,12 @@ def _check_limits(value: Any, meta: dict, where: str) -> None:
         if v is None:
             continue
         if meta["choices"] and v not in meta["choices"]:
-            raise UserError(f"{where} must be one of {', '.join(map(str, meta['choices']))}; got {v!r}")
+            raise UserError(f"{where} must be one of {', '.join(map(str, meta['choices']))}; got {_show(v)}")
         lo, hi = meta["minimum"], meta["maximum"]
         if lo is not None and (v < lo or (meta["exclusive_minimum"] and v == lo)):
-            raise UserError(f"{where} must be {'>' if meta['exclusive_minimum'] else '>='} {lo}; got {v!r}")
+            raise UserError(f"{where} must be {'>' if meta['exclusive_minimum'] else '>='} {lo}; got {_show(v)}")
         if hi is not None and v > hi:
-            raise UserError(f"{where} must be <= {hi}; got {v!r}")
+            raise UserError(f"{where} must be <= {hi}; got {_show(v)}")
 
 
 def validate(cfg: Any, prefix: str = "") -> Any:
@@ -117,11 +146,14 @@ def validate(cfg: Any, prefix: str = "") -> Any:
 def unknown_key_error(key: str, known: list[str], prefix: str = "") -> UserError:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
-    return UserError(f"unknown config key '{prefix}{key}': {hint}")
+    return UserError(f"unknown config key '{_name(prefix + key)}': {hint}")
 
 
 def from_mapping(cls, data: dict[str, Any] | None, prefix: str = "") -> Any:
     """Build and validate a config dataclass from a dict (YAML); unknown keys are errors."""
+    if data is not None and not isinstance(data, dict):
+        where = f"config section '{_name(prefix.rstrip('.'))}'" if prefix else "a config"
+        raise UserError(f"{where} must be a mapping of keys to values, got {_show(data)}")
     data = dict(data or {})
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:

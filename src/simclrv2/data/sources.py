@@ -189,8 +189,13 @@ def _top_level(folder: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(folders)
 
 
+def _printable(name: str) -> str:
+    """A name for a one-line message: as is, or with escapes when it holds a newline or the like."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 def _examples(names: Sequence[str], limit: int = _EXAMPLES) -> str:
-    shown = ", ".join(str(n) for n in names[:limit])
+    shown = ", ".join(_printable(str(n)) for n in names[:limit])
     return shown + (", ..." if len(names) > limit else "")
 
 
@@ -291,6 +296,9 @@ def _read_list_rows(spec: str, path: Path) -> list[tuple[int, str, str]]:
                     raise UserError(f"list {spec}, line {reader.line_num}: {len(fields)} "
                                     f"{sep}-separated fields where {min(width, 2)} were expected: "
                                     "write one path,label row per image")
+                if "\x00" in fields[0]:
+                    raise UserError(f"list {spec}, line {reader.line_num}: the path holds a NUL byte, "
+                                    "which no file name can: save the list as plain UTF-8 text")
                 rows.append((reader.line_num, fields[0], fields[1] if width == 2 else ""))
     except UnicodeDecodeError:
         raise UserError(f"list {spec} is not UTF-8 text: save it as UTF-8") from None

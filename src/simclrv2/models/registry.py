@@ -11,7 +11,7 @@ from ..errors import UserError
 from .resnet import BLOCKS_PER_GROUP, ResNet
 
 SK_RATIO = 0.0625
-NAME_PATTERN = re.compile(r"^r(\d+)_(\d+(?:\.\d+)?)x_sk([01])$")
+NAME_PATTERN = re.compile(r"^r(\d+)_(\d+(?:\.\d+)?)x_sk([01])\Z")
 
 # The 13 models Google released (SPEC, Table 1 of the paper).
 RELEASED = (

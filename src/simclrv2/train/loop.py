@@ -147,6 +147,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.checkpoints = CheckpointManager(self.path / "checkpoints")
+        self.resume_checkpoint: tuple[str, dict[str, Any]] | None = None  # (path, payload) read by prepare
 
     @property
     def finished(self) -> bool:
@@ -173,6 +174,11 @@ class RunDir:
         elif has_ckpt and not resume:
             raise UserError(f"{self.path} holds an unfinished run: pass --resume to continue it or "
                             "--overwrite to start again")
+        if resume and resume != "auto":
+            # Read a named checkpoint now, before the data scan and the model build: a bad file
+            # is then the only line the user sees, and no time is spent first. Trainer.restore
+            # takes the payload from here instead of reading the file twice.
+            self.resume_checkpoint = (resume, load_checkpoint(resume, map_location="cpu"))
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
         dist_utils.barrier()
@@ -326,7 +332,10 @@ class Trainer:
                 return
             path, payload = found
         else:
-            path, payload = Path(resume), load_checkpoint(resume, map_location="cpu")
+            cached, self.run_dir.resume_checkpoint = self.run_dir.resume_checkpoint, None
+            payload = cached[1] if cached is not None and cached[0] == resume else \
+                load_checkpoint(resume, map_location="cpu")
+            path = Path(resume)
         if payload.get("stage") != self.stage:
             raise UserError(f"checkpoint {path} is from stage '{payload.get('stage')}', not '{self.stage}': "
                             "resume with a checkpoint of this stage")
