@@ -51,19 +51,21 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            if group["weight_decay"]:
+            decayed = bool(group["weight_decay"])
+            if decayed:  # fresh tensors: scaled in place below; p.grad is left as it is
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            else:
-                grads = [g.clone() for g in grads]
             if group["lars"]:
                 w_norms = torch.stack(torch._foreach_norm(params))
                 g_norms = torch.stack(torch._foreach_norm(grads))
-                ones = torch.ones_like(w_norms)
                 trust = torch.where((w_norms > 0) & (g_norms > 0),
-                                    group["eeta"] * w_norms / g_norms.clamp_min(1e-30), ones)
-                torch._foreach_mul_(grads, list((trust * group["lr"]).unbind()))
+                                    group["eeta"] * w_norms / g_norms.clamp_min(1e-30), 1.0)
+                scale = list((trust * group["lr"]).unbind())
             else:
-                torch._foreach_mul_(grads, group["lr"])
+                scale = group["lr"]
+            if decayed:
+                torch._foreach_mul_(grads, scale)
+            else:  # one pass instead of a copy and an in-place scaling
+                grads = torch._foreach_mul(grads, scale)
             bufs = []
             for p, g in zip(params, grads):
                 state = self.state[p]

@@ -1,0 +1,31 @@
+"""The benchmark scripts in benchmarks/ run (in their seconds-long --quick modes) and print their tables."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> str:
+    # One thread: a smoke run of tiny ops is slowed most by threads waiting for busy cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("name, args, expected", [
+    ("step_overhead.py", ("--quick", "--breakdown", "--profile"), ["| ratio full/bare |", "| augment |", "r18_0.25x_sk0"]),
+    ("data_path.py", ("--quick",), ["workers=0", "workers=1", "| limits |"]),
+    ("gpu_throughput.py", ("--device", "cpu", "--quick"),
+     ["bf16 matmul peak", "| GFLOP/img |", "compile (eager)", "| distill |", "| finetune |"]),
+])
+def test_benchmark_quick_mode_prints_its_table(name, args, expected):
+    out = run_script(name, *args)
+    for text in expected:
+        assert text in out, f"{text!r} missing from the output of {name}:\n{out}"
