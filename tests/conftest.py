@@ -19,3 +19,26 @@ def shared_dir() -> Path:
     if not (SHARED / "SPEC.md").exists():
         pytest.skip("../shared (SPEC.md and reference lists) is not beside this checkout")
     return SHARED
+
+
+# A shortened demo pipeline (configs/demo.yaml with fewer epochs), run once per test session:
+# tests of fine-tuning, distillation, the pipeline and the report read its stage folders.
+SHORT_DEMO = [
+    "pretrain.epochs=12", "finetune.epochs=100", "linear_eval.epochs=5", "distill.epochs=8",
+    'labels=["2/class"]',
+]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    from simclrv2.pipeline import load_pipeline_config, packaged_config, run_pipeline
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    cfg = load_pipeline_config(str(packaged_config("demo")), SHORT_DEMO, {"out": str(out)})
+    run_pipeline(cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(demo_run) -> Path:
+    return demo_run / "pretrain" / "model.pt"

@@ -79,8 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     add_stage_command(sub, "pretrain", PretrainConfig, pretrain,
                       "step 1: contrastive pretraining on unlabeled images")
-    from .convert import export, tf_import
+    from .train.finetune import FinetuneConfig, finetune
+    from .train.linear_eval import LinearEvalConfig, linear_eval
 
+    add_stage_command(sub, "finetune", FinetuneConfig, finetune,
+                      "step 2: fine-tune a pretrained network on the labeled images (or --from scratch)")
+    add_stage_command(sub, "linear-eval", LinearEvalConfig, linear_eval,
+                      "linear classifier on frozen features (the standard representation measure)")
+    from .train.distill import DistillConfig, distill
+
+    add_stage_command(sub, "distill", DistillConfig, distill,
+                      "step 3: distill a fine-tuned teacher into a student on unlabeled images")
+    from .convert import export, tf_import
+    from .train import evaluate, predict
+
+    evaluate.register(sub)
+    predict.register(sub)
+    from . import pipeline, report
+
+    pipeline.register(sub)
+    report.register(sub)
     tf_import.register(sub)
     export.register(sub)
     return parser

@@ -65,6 +65,16 @@ def setup(device: str = "auto") -> Runtime:
     return Runtime(rank(), world_size(), local_rank, dev)
 
 
+def single_process(device: str = "auto") -> Runtime:
+    """A Runtime for work one process does alone (evaluation, prediction): no process group."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return Runtime(0, 1, dev.index or 0, dev)
+
+
 def teardown() -> None:
     if is_initialized():
         dist.destroy_process_group()

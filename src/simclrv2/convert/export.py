@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import atomic_write_bytes, file_sha256, load_checkpoint
+from ..checkpoint import atomic_write_bytes, file_sha256
 from ..errors import UserError
-from ..models import build_model
+from ..train.weights import class_names, load_classifier
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 CROP_PROPORTION = 0.875
@@ -38,8 +38,10 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 EXAMPLE_BATCH = 2  # not 1, so that nothing in the trace specialises on a batch of one
 
 
-def default_image_size(config: dict[str, Any]) -> int:
-    """224 for the ImageNet stem, 32 for the CIFAR stem."""
+def default_image_size(config: dict[str, Any], trained_size: int | None = None) -> int:
+    """The size the model was trained at, else 224 for the ImageNet stem and 32 for the CIFAR stem."""
+    if trained_size:
+        return int(trained_size)
     return 32 if config.get("small_images") else 224
 
 
@@ -60,36 +62,6 @@ def preprocessing(image_size: int) -> dict[str, Any]:
         "channel_order": "RGB",
         "layout": "NCHW",
     }
-
-
-def load_classifier(checkpoint_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The eval-mode classifier of a checkpoint, and the checkpoint payload."""
-    payload = load_checkpoint(checkpoint_path)
-    config = payload["model_config"]
-    kind = config.get("kind") if isinstance(config, dict) else None
-    if kind != "classifier":
-        raise UserError(f"{checkpoint_path} holds a {kind or 'unknown'} model without a classifier: fine-tune "
-                        "it first (export takes fine-tuned classifiers and distilled students)")
-    model = build_model(config)
-    try:
-        model.load_state_dict(payload["model"], strict=True)
-    except (RuntimeError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{checkpoint_path}: its weights do not fit its model_config ({reason}); "
-                        "re-create the checkpoint") from None
-    return model.eval(), payload
-
-
-def class_names(payload: dict[str, Any]) -> list[str]:
-    """The checkpoint's class names, or "0".."C-1" where it has none."""
-    count = payload["model_config"]["num_classes"]
-    names = payload.get("class_names")
-    if names is None:
-        return [str(i) for i in range(count)]
-    if len(names) != count:
-        raise UserError(f"the checkpoint names {len(names)} classes but its classifier has {count} outputs: "
-                        "re-create the checkpoint")
-    return [str(n) for n in names]
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
@@ -146,7 +118,8 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     model, payload = load_classifier(checkpoint_path)
     config = payload["model_config"]
-    size = default_image_size(config) if image_size is None else image_size
+    trained = (payload.get("config") or {}).get("image_size")
+    size = default_image_size(config, trained) if image_size is None else image_size
     if size <= 0:
         raise UserError(f"--image-size must be positive, got {size}")
     out = Path(out_path)

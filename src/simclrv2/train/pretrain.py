@@ -26,9 +26,8 @@ from ..losses import NTXentLoss
 from ..memory import MemoryQueue, MomentumEncoder
 from ..optim import scale_learning_rate
 from ..models import build_model, contrastive_config, parse_model_name
-from .loop import LoopConfig, RunDir, Trainer, describe_model_size, write_config
+from .loop import LoopConfig, RunDir, Trainer, describe_model_size, use_channels_last, write_config
 from .setup import (
-    eval_loader,
     extract_features,
     input_view,
     knn_accuracy,
@@ -36,6 +35,7 @@ from .setup import (
     make_schedule,
     open_splits,
     prepare_model,
+    stage_eval_loader,
 )
 
 log = logging.getLogger("simclrv2")
@@ -145,6 +145,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             pending.clear()
 
     knn_loaders: list[Loader] = []
+    channels_last = use_channels_last(cfg.channels_last, runtime.device)
 
     def after_epoch(epoch: int) -> dict[str, Any]:
         if not (cfg.knn_monitor and splits.holdout is not None and (train.labels >= 0).all()):
@@ -152,10 +153,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if runtime.is_main:
             if not knn_loaders:
-                knn_loaders.extend([eval_loader(train, cfg, runtime), eval_loader(splits.holdout, cfg, runtime)])
+                knn_loaders.extend([stage_eval_loader(train, cfg, runtime), stage_eval_loader(splits.holdout, cfg, runtime)])
             model.eval()
-            bank, bank_labels = extract_features(model.encoder, knn_loaders[0], runtime, cfg)
-            queries, query_labels = extract_features(model.encoder, knn_loaders[1], runtime, cfg)
+            bank, bank_labels = extract_features(model.encoder, knn_loaders[0], runtime, channels_last)
+            queries, query_labels = extract_features(model.encoder, knn_loaders[1], runtime, channels_last)
             result["knn_top1"] = knn_accuracy(bank, bank_labels, queries, query_labels, cfg.knn_k)
         dist_utils.barrier()
         return result

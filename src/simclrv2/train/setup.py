@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_utils
-from ..data import ImageSet, holdout_split, open_images
+from ..data import ImageSet, holdout_split, open_images, select_labeled, write_index_list
 from ..data.loader import Loader
 from ..distributed import Runtime
+from ..errors import UserError
 from ..optim import build_optimizer, param_groups, scale_learning_rate, warmup_cosine_schedule
 from .loop import LoopConfig, use_channels_last
 
@@ -45,6 +47,44 @@ def open_splits(cfg: LoopConfig, labeled: bool) -> Splits:
         train_idx, holdout_idx = holdout_split(images.labels, cfg.holdout, cfg.seed)
         return Splits(images.subset(train_idx), images.subset(holdout_idx))
     return Splits(images, None)
+
+
+@dataclass
+class LabeledSplits:
+    """The labeled training subset, the unlabeled rest of the training images, and the held-out images."""
+
+    labeled: ImageSet
+    unlabeled: ImageSet
+    holdout: ImageSet | None
+
+
+def open_labeled_splits(cfg: LoopConfig, labels: str, record: Path | None = None) -> LabeledSplits:
+    """``--data`` split into held-out images (``--holdout``, or ``--eval-data``) and training images,
+    and the ``--labels`` subset of the training images ("all", "1%", "5/class" or a subset file).
+
+    The subset is class-balanced and seeded, never overlaps the held-out images, and is written
+    to ``record`` (one file per line, readable back as a subset file).
+    """
+    images = open_images(cfg.data, labeled=True)
+    holdout = open_images(cfg.eval_data, labeled=True) if cfg.eval_data else None
+    pool = np.arange(len(images))
+    if holdout is None and cfg.holdout > 0:
+        pool, held = holdout_split(images.labels, cfg.holdout, cfg.seed)
+        holdout = images.subset(held)
+    if holdout is not None and holdout.class_names != images.class_names:
+        raise UserError(f"--eval-data {cfg.eval_data} has classes {holdout.class_names[:5]}..., --data "
+                        f"{cfg.data} has {images.class_names[:5]}...: both need the same class folders")
+    if labels == "all":
+        chosen = pool[images.labels[pool] >= 0]
+    else:
+        chosen = select_labeled(images, labels, cfg.seed, pool=pool)
+    if len(chosen) == 0:
+        raise UserError(f"{cfg.data} has no labeled training images: give it class sub-folders or a "
+                        "path,label list")
+    if record is not None:
+        write_index_list(record, images, chosen)
+    rest = np.setdiff1d(pool, chosen)
+    return LabeledSplits(images.subset(chosen), images.subset(rest), holdout)
 
 
 def prepare_model(model: nn.Module, cfg: LoopConfig, runtime: Runtime, global_bn: bool) -> tuple[nn.Module, nn.Module]:
@@ -86,20 +126,28 @@ def input_view(x: torch.Tensor, runtime: Runtime, cfg: LoopConfig) -> torch.Tens
     return x
 
 
-def eval_loader(images: ImageSet, cfg: LoopConfig, runtime: Runtime, batch_size: int = 256) -> Loader:
+def eval_loader(images: ImageSet, image_size: int, runtime: Runtime, batch_size: int = 256,
+                workers: int | None = None, cache: str = "auto", strict: bool = False) -> Loader:
     """Evaluation views (centre crop, no augmentation) of every image, in order, for this process alone."""
     local = Runtime(0, 1, runtime.local_rank, runtime.device)
-    return Loader(images, "eval", cfg.image_size, min(batch_size, len(images)), local, shuffle=False,
-                  drop_last=False, workers=cfg.workers, cache=cfg.cache,
-                  crop_fraction=eval_crop_fraction(cfg.image_size), strict=cfg.strict_data)
+    return Loader(images, "eval", image_size, min(batch_size, len(images)), local, shuffle=False,
+                  drop_last=False, workers=workers, cache=cache, crop_fraction=eval_crop_fraction(image_size),
+                  strict=strict)
+
+
+def stage_eval_loader(images: ImageSet, cfg: LoopConfig, runtime: Runtime) -> Loader:
+    """``eval_loader`` with a training stage's settings."""
+    return eval_loader(images, cfg.image_size, runtime, 256, cfg.workers, cfg.cache, cfg.strict_data)
 
 
 @torch.no_grad()
-def extract_features(fn, loader: Loader, runtime: Runtime, cfg: LoopConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fn`` applied to every batch of an evaluation loader; (outputs, labels)."""
+def extract_features(fn, loader: Loader, runtime: Runtime, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn`` applied to every batch of an evaluation loader; (outputs, labels) on the device."""
     outs, labels = [], []
     for batch in loader.epoch(0):
-        x = input_view(batch.images.float().div_(255), runtime, cfg)
+        x = batch.images.float().div_(255)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         outs.append(fn(x).float())
         labels.append(batch.labels)
     return torch.cat(outs), torch.cat(labels)

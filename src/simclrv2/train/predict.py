@@ -1,0 +1,121 @@
+"""``simclrv2 predict``: class and probability of each image, from a fine-tuned or distilled model.
+
+Images get the evaluation preprocessing (centre crop 87.5%, bicubic resize). Class names come
+from the training data stored in the checkpoint. An unreadable file gets a row with an empty
+class and the reason, so that the output has one row per input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import distributed as dist_utils
+from ..checkpoint import atomic_write_bytes
+from ..data import IMAGE_EXTENSIONS, ImageSet, open_images
+from ..errors import UserError
+from .setup import eval_loader
+from .weights import class_names, load_classifier
+
+
+def _image_set(inputs: list[str]) -> ImageSet:
+    """One folder (scanned recursively) or a list of image files."""
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        return open_images(inputs[0], labeled=False)
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            raise UserError(f"{item} is a folder: pass one folder alone, or image files")
+        if not path.is_file():
+            raise UserError(f"image {item} does not exist: check the path")
+        paths.append(str(path))
+    if not paths:
+        raise UserError("no images given: pass image files or a folder")
+    return ImageSet(paths=paths, arrays=None, labels=np.full(len(paths), -1), class_names=[],
+                    name=", ".join(inputs[:2]) + ("..." if len(inputs) > 2 else ""))
+
+
+@torch.no_grad()
+def predict(model_path: str, inputs: list[str], top_k: int = 1, image_size: int | None = None,
+            batch_size: int = 64, workers: int | None = 0, device: str = "auto") -> list[dict[str, Any]]:
+    """One row per image: path, the top-k classes and their probabilities (or the read error)."""
+    model, payload = load_classifier(model_path)
+    names = class_names(payload)
+    images = _image_set(inputs)
+    size = image_size or (payload.get("config") or {}).get("image_size") or (
+        32 if payload["model_config"].get("small_images") else 224)
+    runtime = dist_utils.single_process(device)
+    model = model.to(runtime.device).eval()
+    loader = eval_loader(images, size, runtime, batch_size, workers, cache="off")
+    rows: dict[int, dict[str, Any]] = {}
+    k = min(top_k, len(names))
+    for batch in loader.epoch(0):
+        probs = model(batch.images.float().div_(255)).float().softmax(1)
+        top_p, top_i = probs.topk(k, dim=1)
+        for pos, i in enumerate(batch.indices.tolist()):
+            rows[i] = {"path": images.describe(i),
+                       "classes": [names[c] for c in top_i[pos].tolist()],
+                       "probabilities": [round(p, 6) for p in top_p[pos].tolist()]}
+    for i in range(len(images)):
+        rows.setdefault(i, {"path": images.describe(i), "classes": [], "probabilities": [],
+                            "error": "unreadable image"})
+    return [rows[i] for i in range(len(images))]
+
+
+def to_csv(rows: list[dict[str, Any]], top_k: int) -> str:
+    """CSV with columns path, class, probability (class_2, probability_2, ... for top-k > 1)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    header = ["path"]
+    for r in range(top_k):
+        suffix = "" if r == 0 else f"_{r + 1}"
+        header += [f"class{suffix}", f"probability{suffix}"]
+    writer.writerow(header + ["error"])
+    for row in rows:
+        cells = [row["path"]]
+        for r in range(top_k):
+            if r < len(row["classes"]):
+                cells += [row["classes"][r], f"{row['probabilities'][r]:.6f}"]
+            else:
+                cells += ["", ""]
+        writer.writerow(cells + [row.get("error", "")])
+    return buf.getvalue()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    rows = predict(args.model, args.images, args.top_k, args.image_size, args.batch_size, args.workers, args.device)
+    text = to_csv(rows, min(args.top_k, max((len(r["classes"]) for r in rows), default=1) or 1))
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder: give the CSV file to write")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, text.encode())
+        print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def register(sub: Any) -> argparse.ArgumentParser:
+    """Add ``predict`` to the command line."""
+    p = sub.add_parser("predict", help="class and probability for each image (CSV)", description=__doc__)
+    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                   "or one folder")
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
+    p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the size the model was trained at")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="decoding processes")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_predict)
+    return p
