@@ -679,3 +679,53 @@ def test_import_tf_command_prints_a_one_paragraph_report(small_tf2, tmp_path, ca
     assert payload["model_config"] == classifier_config("r50_0.25x_sk1", 10, head_layer=1)
     help_text = parser._subparsers._group_actions[0].choices["import-tf"].format_help()
     assert "--head-layer J" in help_text and "finetuned_1pct" in help_text
+
+
+def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_path):
+    """An official checkpoint, once converted, is an ordinary starting point: evaluate, fine-tune,
+    linear-eval and distill all accept it (issue: "the converted model continues in our pipeline")."""
+    from simclrv2.config import from_mapping
+    from simclrv2.data import open_images
+    from simclrv2.distributed import single_process
+    from simclrv2.train.distill import DistillConfig, distill
+    from simclrv2.train.evaluate import evaluate
+    from simclrv2.train.finetune import FinetuneConfig, finetune
+    from simclrv2.train.linear_eval import LinearEvalConfig, linear_eval
+    from simclrv2.train.setup import eval_loader
+
+    model, prefix = small_tf2
+    pretrained = import_tf_checkpoint(prefix, "r50_0.25x_sk1", tmp_path / "pretrained.pt")
+    classifier = import_tf_checkpoint(prefix, "r50_0.25x_sk1", tmp_path / "classifier.pt", head_layer=0)
+    common = dict(data="digits", holdout=0.2, workers=0, image_size=32, log_every=50, tensorboard=False)
+
+    # evaluate: the imported supervised head predicts what TensorFlow's does on the same views
+    result = evaluate(str(classifier), data="digits", image_size=32, workers=0, device="cpu")
+    digits = open_images("digits", labeled=True)
+    views, labels = [], []
+    for batch in eval_loader(digits, 32, single_process("cpu"), workers=0).epoch(0):
+        views.append(batch.images.float().div(255).numpy())
+        labels.append(batch.labels.numpy())
+    _, tf_logits = model(np.concatenate(views))
+    tf_top1 = float((tf_logits.argmax(1) == np.concatenate(labels)).mean())
+    metrics = result["metrics"]
+    assert metrics["images"] == len(digits) == 1797
+    assert metrics["top1"] == pytest.approx(tf_top1, abs=0.5 / len(digits))
+
+    # fine-tune at lr 0 from the import: the classifier starts from exactly the TF weights
+    tuned = tmp_path / "finetune"
+    finetune(from_mapping(FinetuneConfig, {**common, "init": str(pretrained), "out": str(tuned),
+                                           "labels": "2/class", "head_layer": "1", "epochs": 1, "lr": 0.0}))
+    source = load_checkpoint(pretrained)["model"]
+    weights = load_checkpoint(tuned / "model.pt")["model"]
+    assert torch.equal(weights["head_layers.0.linear.weight"], source["projection_head.layers.0.linear.weight"])
+    encoder = [k for k in weights if k.startswith("encoder.") and "running" not in k and "num_batches" not in k]
+    assert len(encoder) > 50 and all(torch.equal(weights[k], source[k]) for k in encoder)
+
+    # linear evaluation on the imported features, and distillation from the imported classifier
+    probe = linear_eval(from_mapping(LinearEvalConfig, {**common, "init": str(pretrained),
+                                                        "out": str(tmp_path / "linear"), "epochs": 1}))
+    assert 0.0 <= probe["holdout_top1"] <= 1.0
+    student = distill(from_mapping(DistillConfig, {**common, "teacher": str(classifier), "student": "r18_0.125x_sk0",
+                                                   "out": str(tmp_path / "distill"), "epochs": 1, "batch_size": 128}))
+    assert student["student"] == "r18_0.125x_sk0" and 0.0 <= student["holdout_top1"] <= 1.0
+    assert load_checkpoint(tmp_path / "distill" / "model.pt")["model_config"]["encoder"] == "r18_0.125x_sk0"

@@ -134,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.data, args.out, args.image_size, args.batch_size, args.workers, args.device)
     print(result["text"], end="")
     if args.json:
-        print(json.dumps({k: v for k, v in result["metrics"].items()}, indent=2))
+        print(json.dumps(result["metrics"], indent=2))
     return 0
 
 
