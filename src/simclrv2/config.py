@@ -233,6 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         help_text = meta.get("help", "")
         if not meta.get("required"):
             help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help strings with %
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

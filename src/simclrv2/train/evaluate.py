@@ -147,9 +147,9 @@ def register(sub: Any) -> argparse.ArgumentParser:
                                                 "images the checkpoint's run held out")
     p.add_argument("--out", default=None, metavar="DIR", help="write evaluation.json and evaluation.txt here")
     p.add_argument("--image-size", type=int, default=None, help="default: the size the model was trained at")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
     return p

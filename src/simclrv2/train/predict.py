@@ -114,8 +114,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
     p.add_argument("--image-size", type=int, default=None, help="default: the size the model was trained at")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="decoding processes")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     p.set_defaults(func=cmd_predict)
     return p
