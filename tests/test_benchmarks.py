@@ -24,6 +24,7 @@ def run_script(name: str, *args: str) -> str:
     ("data_path.py", ("--quick",), ["workers=0", "workers=1", "| limits |"]),
     ("gpu_throughput.py", ("--device", "cpu", "--quick"),
      ["bf16 matmul peak", "| GFLOP/img |", "compile (eager)", "| distill |", "| finetune |"]),
+    ("fewshot_probe.py", ("--quick",), ["| raw pixels (8x8) |", "temperature=0.1: h0", "temperature=0.1: h1"]),
 ])
 def test_benchmark_quick_mode_prints_its_table(name, args, expected):
     out = run_script(name, *args)
