@@ -45,6 +45,20 @@ def test_digits_are_scaled_three_channel_images():
     assert (first[..., 0] == first[..., 2]).all()
     assert data.arrays.max() == 255 and data.arrays.min() == 0
     assert data.describe(3) == "digits[3]"
+    np.testing.assert_array_equal(data.arrays[..., 0], (raw.images.astype(np.int64) * 255 + 8) // 16)
+
+
+def test_digits_read_without_scikit_learn_finding_them_are_the_same(monkeypatch):
+    # The fast path reads scikit-learn's CSV directly; the fallback asks load_digits.
+    import importlib.util
+
+    from simclrv2.data import sources
+
+    fast = sources._digits_arrays()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    slow = sources._digits_arrays()
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
 
 
 def test_digits_keep_labels_when_unlabeled_requested():

@@ -21,6 +21,7 @@ Hidden files and folders are skipped and files whose extension is not an image's
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
@@ -116,15 +117,30 @@ def open_images(spec: str | os.PathLike, labeled: bool) -> ImageSet:
 
 # ---------------------------------------------------------------- bundled digits
 
-def _open_digits() -> ImageSet:
-    from sklearn.datasets import load_digits
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as (images 1797x8x8 in 0..16, labels).
+
+    Read straight from the CSV scikit-learn ships (what ``load_digits`` reads): importing
+    ``sklearn.datasets`` costs about 2 s, which every ``simclrv2`` command on digits would pay.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    from sklearn.datasets import load_digits  # a layout we do not know: let scikit-learn find it
 
     digits = load_digits()
+    return digits.images.astype(np.int64), digits.target.astype(np.int64)
+
+
+def _open_digits() -> ImageSet:
+    images, labels = _digits_arrays()
     # Pixel values are 0..16; scale to 0..255 with rounding, gray -> 3 identical channels.
-    gray = (digits.images.astype(np.int64) * 255 + 8) // 16
+    gray = (images * 255 + 8) // 16
     arrays = np.repeat(gray.astype(np.uint8)[..., None], 3, axis=3)
-    return ImageSet(paths=None, arrays=np.ascontiguousarray(arrays),
-                    labels=digits.target.astype(np.int64),
+    return ImageSet(paths=None, arrays=np.ascontiguousarray(arrays), labels=labels,
                     class_names=[str(c) for c in range(10)], name="digits")
 
 

@@ -90,17 +90,17 @@ class FinetuneConfig(LoopConfig):
                 raise UserError(f"--head-layer {self.head_layer!r} is not a layer number (0, 1, 2) or 'auto'") from None
 
 
-def _source(cfg: FinetuneConfig) -> tuple[dict[str, Any] | None, str]:
-    """The checkpoint to start from (None for scratch) and a name for messages."""
+def _source(cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """The checkpoint payload to start from (None for scratch)."""
     if cfg.init == "scratch":
-        return None, "scratch"
+        return None
     payload = load_checkpoint(cfg.init, map_location="cpu")
     config = payload.get("model_config")
     if not isinstance(config, dict) or config.get("kind") not in ("contrastive", "classifier"):
         raise UserError(f"--from {cfg.init} holds no network to fine-tune: give a pretraining, import-tf or "
                         "fine-tuning checkpoint")
     check_same_encoder(payload, cfg.model, cfg.init)
-    return payload, cfg.init
+    return payload
 
 
 def _resolved(cfg: FinetuneConfig, source: dict[str, Any] | None, labeled: int) -> FinetuneConfig:
@@ -220,7 +220,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     cfg.check()
     runtime = dist_utils.setup(cfg.device)
     run_dir = RunDir(cfg.out)
-    source, _ = _source(cfg)
+    source = _source(cfg)
     run_dir.prepare(cfg.resume, cfg.overwrite, runtime.is_main)
     splits: LabeledSplits = open_labeled_splits(cfg, cfg.labels,
                                                 run_dir.path / LABELED_LIST if runtime.is_main else None)
