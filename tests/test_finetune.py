@@ -127,6 +127,26 @@ def test_default_learning_rates_follow_spec():
     assert default_finetune_lr("r50_2x_sk0") == 0.002
 
 
+def test_default_epochs_and_head_layer_follow_the_label_share():
+    """SPEC: 60 epochs for 1% labels, 30 for 10% and 100%; head layer 1, or 0 for 100%."""
+    from simclrv2.train.finetune import _resolved
+
+    def resolved(labels, labeled, **kw):
+        cfg = from_mapping(FinetuneConfig, {"init": "scratch", "model": "r18_0.125x_sk0", "data": "digits",
+                                            "out": "unused", "labels": labels, **kw})
+        cfg.check()
+        out = _resolved(cfg, None, labeled, 1000)
+        return out.epochs, out.head_layer
+
+    assert resolved("1%", 10) == (60, "1")
+    assert resolved("2/class", 20) == (60, "1")
+    assert resolved("10%", 100) == (30, "1")
+    assert resolved("all", 1000) == (30, "0")
+    assert resolved("all", 10) == (30, "0")  # all labels is "100%" however few they are
+    assert resolved("1%", 10, epochs=7, head_layer="2") == (7, "2")
+    assert resolved("all", 1000, head_layer="auto") == (30, "auto")
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "simclrv2", *args], capture_output=True, text=True)
 

@@ -84,6 +84,25 @@ def test_every_preset_plans(tmp_path):
     imagenet = plan(load_pipeline_config(str(packaged_config("imagenet")), [f"out={tmp_path}"]))
     assert imagenet[0].cfg.batch_size == 4096 and imagenet[0].cfg.memory == 65536
     assert {s.cfg.student for s in imagenet if s.kind == "distill"} == {None, "r50_1x_sk0"}
+    # the pipeline preset and the per-stage presets agree with each other and with SPEC
+    from simclrv2.config import load_yaml
+    stage_presets = {name: load_yaml(str(packaged_config(name))) for name in (
+        "imagenet_pretrain", "imagenet_finetune_1pct", "imagenet_finetune_10pct", "imagenet_distill_self",
+        "imagenet_distill_r50", "imagenet_linear_eval")}
+    assert stage_presets["imagenet_finetune_1pct"]["epochs"] == 60
+    assert stage_presets["imagenet_finetune_10pct"]["epochs"] == 30
+    finetunes = [s for s in imagenet if s.name.startswith("finetune_")]
+    assert [s.cfg.epochs for s in finetunes] == [None, None]  # finetune's per-fraction defaults (test_finetune)
+    for stage in imagenet:
+        preset = {"pretrain": "imagenet_pretrain", "linear_eval": "imagenet_linear_eval",
+                  "distill": "imagenet_distill_r50" if getattr(stage.cfg, "student", None) else "imagenet_distill_self",
+                  }.get(stage.kind)
+        if preset is None:
+            continue
+        for key, value in stage_presets[preset].items():
+            # (the pipeline leaves the distillation temperature to its default by student: 0.1 / 1.0)
+            if key not in ("image_size", "model", "checkpoint_epochs", "workers", "temperature"):
+                assert getattr(stage.cfg, key) == value, (stage.name, key)
 
 
 def test_label_slugs():

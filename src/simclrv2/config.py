@@ -231,7 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         base, _ = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = meta.get("help", "")
-        if not meta.get("required"):
+        if not meta.get("required") and not (default is None and "default:" in help_text):
             help_text += f" (default: {default})"
         help_text = help_text.replace("%", "%%")  # argparse formats help strings with %
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}

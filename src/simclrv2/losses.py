@@ -15,6 +15,11 @@ from . import distributed as dist_utils
 LARGE_NUM = 1e9
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast bf16/fp16 to float32; keep float64 (so float64 checks of the losses stay exact)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class NTXentLoss(nn.Module):
     """Normalised-temperature cross entropy over two views, as the official ``add_contrastive_loss``.
 
@@ -33,11 +38,11 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
-        # float32 whatever the autocast state: 1/T-scaled logits in bf16 would lose the
-        # small differences between negatives that the loss is made of.
+        # At least float32 whatever the autocast state: 1/T-scaled logits in bf16 would lose
+        # the small differences between negatives that the loss is made of.
         with torch.autocast(z1.device.type, enabled=False):
-            z1 = F.normalize(z1.float(), dim=1)
-            z2 = F.normalize(z2.float(), dim=1)
+            z1 = F.normalize(_at_least_float32(z1), dim=1)
+            z2 = F.normalize(_at_least_float32(z2), dim=1)
             n = z1.shape[0]
             z1_all = dist_utils.gather_with_grad(z1)
             z2_all = dist_utils.gather_with_grad(z2)
@@ -52,7 +57,7 @@ class NTXentLoss(nn.Module):
             positive_cols = torch.cat([idx + total, idx])
             logits[rows, self_cols] -= LARGE_NUM
             if queue is not None and queue.numel():
-                logits = torch.cat([logits, local @ queue.float().T / self.temperature], dim=1)
+                logits = torch.cat([logits, local @ queue.to(local.dtype).T / self.temperature], dim=1)
             # Sum of the two directions, averaged over the n local samples.
             return F.cross_entropy(logits, positive_cols, reduction="sum") / n
 
@@ -64,6 +69,6 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     The teacher's logits are treated as fixed (detached): the gradient reaches only the student.
     """
     with torch.autocast(student_logits.device.type, enabled=False):
-        teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
-        log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+        teacher = F.softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=1)
+        log_student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
         return -(teacher * log_student).sum(1).mean()

@@ -44,7 +44,8 @@ log = logging.getLogger("simclrv2")
 class DistillConfig(LoopConfig):
     """Distillation of a fine-tuned teacher into a student on unlabeled images. Defaults follow
     SPEC: the pretraining optimizer settings (LARS, lr 0.1 * sqrt(B), weight decay 1e-4),
-    crop + flip, 400 epochs (the paper's; the batch here is the official code's default 512)."""
+    crop + flip, 400 epochs (the paper's; the batch here is the official code's default 512).
+    SPEC states no warmup; none by default, 5% of the epochs in the ImageNet presets."""
 
     teacher: str = option("", "fine-tuned classifier checkpoint that teaches", required=True)
     student: Optional[str] = option(None, "student encoder (default: the teacher's, i.e. self-distillation)")

@@ -43,8 +43,16 @@ SEARCH_DIR = "head_layer_search"
 LABELED_LIST = "labeled.txt"
 
 
+# The paper fine-tunes 60 epochs on 1% of ImageNet's labels and 30 on 10% and 100%; label
+# shares below this one count as "1%".
+FEW_LABELS_SHARE = 0.05
+
+
 def default_finetune_lr(model: str) -> float:
-    """SPEC: 0.005 (times sqrt(B)) for r50_1x_sk0 and smaller, 0.002 for wider or SK models."""
+    """SPEC: 0.005 (times sqrt(B)) for r50_1x_sk0, 0.002 for wider or SK models.
+
+    SPEC names no rate for the deeper 1x sk0 encoders (r101, r152); they get r50_1x_sk0's.
+    """
     spec = parse_model_name(model)
     return 0.002 if (spec.width > 1 or spec.sk) else 0.005
 
@@ -59,14 +67,16 @@ class FinetuneConfig(LoopConfig):
     model: Optional[str] = option(None, "encoder; needed with --from scratch, else taken from the checkpoint")
     labels: str = option("all", "labeled images used: 'all', a percentage ('1%'), a count per class "
                          "('5/class') or a subset file (e.g. the official 1percent.txt)")
-    head_layer: str = option("1", "classify hiddens[j]: 0 = encoder output, 1 = after the first head "
-                             "layer (paper), ...; 'auto' tries each on held-out labeled images")
+    head_layer: Optional[str] = option(None, "classify hiddens[j]: 0 = encoder output, 1 = after the first "
+                                       "head layer, ...; 'auto' tries each on held-out labeled images "
+                                       "(default: the paper's, 1 for a label subset, 0 for --labels all)")
     head_search_fraction: float = option(0.3, "share of the labeled images scoring --head-layer auto",
                                          minimum=0.05, maximum=0.9)
-    epochs: int = option(60, "training epochs (paper: 60 for 1% labels, 30 for 10% and 100%)", minimum=1)
+    epochs: Optional[int] = option(None, "training epochs (default: the paper's, 60 when under 5% of the "
+                                   "images are labeled, as at 1%, else 30, as at 10% and 100%)", minimum=1)
     batch_size: int = option(1024, "global batch size, capped at the number of labeled images", minimum=2)
     lr: Optional[float] = option(None, "base learning rate, scaled by --lr-scaling (default: 0.005 for "
-                                 "r50_1x_sk0 and smaller, 0.002 for wider or SK encoders)", minimum=0)
+                                 "1x sk0 encoders such as r50_1x_sk0, 0.002 for wider or SK ones)", minimum=0)
     warmup_epochs: float = option(0.0, "linear warmup epochs before the cosine decay", minimum=0)
     weight_decay: float = option(0.0, "weight decay (BN parameters and biases excluded)", minimum=0)
     image_size: Optional[int] = option(None, "side of the training images (default: the pretraining "
@@ -82,7 +92,7 @@ class FinetuneConfig(LoopConfig):
             parse_model_name(self.model)
         if self.init == "scratch" and not self.model:
             raise UserError("--from scratch needs --model (e.g. --model r50_1x_sk0)")
-        if self.head_layer != "auto":
+        if self.head_layer not in (None, "auto"):
             try:
                 if int(self.head_layer) < 0:
                     raise ValueError
@@ -103,8 +113,9 @@ def _source(cfg: FinetuneConfig) -> dict[str, Any] | None:
     return payload
 
 
-def _resolved(cfg: FinetuneConfig, source: dict[str, Any] | None, labeled: int) -> FinetuneConfig:
-    """Fill in the defaults that depend on the checkpoint and the data."""
+def _resolved(cfg: FinetuneConfig, source: dict[str, Any] | None, labeled: int, pool: int) -> FinetuneConfig:
+    """Fill in the defaults that depend on the checkpoint and the data (``labeled`` of ``pool``
+    training images carry the labels used)."""
     model = cfg.model or source["model_config"]["encoder"]
     trained = (source or {}).get("config") or {}
     image_size = cfg.image_size or trained.get("image_size") or 224
@@ -115,8 +126,11 @@ def _resolved(cfg: FinetuneConfig, source: dict[str, Any] | None, labeled: int) 
     batch = min(cfg.batch_size, labeled)
     if batch < cfg.batch_size:
         log.info("batch size %d capped at the %d labeled images", cfg.batch_size, labeled)
+    few_labels = cfg.labels != "all" and labeled < FEW_LABELS_SHARE * pool
+    epochs = cfg.epochs if cfg.epochs is not None else (60 if few_labels else 30)
+    head_layer = cfg.head_layer if cfg.head_layer is not None else ("0" if cfg.labels == "all" else "1")
     return dataclasses.replace(cfg, model=model, image_size=image_size, small_images=small, lr=lr,
-                               batch_size=batch)
+                               batch_size=batch, epochs=epochs, head_layer=head_layer)
 
 
 def _model_config(cfg: FinetuneConfig, source: dict[str, Any] | None, head_layer: int,
@@ -224,7 +238,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     run_dir.prepare(cfg.resume, cfg.overwrite, runtime.is_main)
     splits: LabeledSplits = open_labeled_splits(cfg, cfg.labels,
                                                 run_dir.path / LABELED_LIST if runtime.is_main else None)
-    cfg = _resolved(cfg, source, len(splits.labeled))
+    cfg = _resolved(cfg, source, len(splits.labeled), len(splits.labeled) + len(splits.unlabeled))
     torch.manual_seed(cfg.seed)
     stage = "finetune" if source is not None else "supervised"
     if cfg.head_layer == "auto":

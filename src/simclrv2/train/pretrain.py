@@ -46,8 +46,8 @@ MONITOR_LR = 0.1  # per 256 images, linear scaling: the linear-evaluation rate o
 @dataclass
 class PretrainConfig(LoopConfig):
     """Contrastive pretraining. Defaults follow the paper's SimCLRv2 recipe (SPEC) except the
-    batch size and epochs (512 and 100, the official code's defaults; the paper used 4096
-    and 800: see configs/imagenet_pretrain.yaml)."""
+    batch size, epochs and warmup (512, 100 and 10 epochs, the official code's defaults; the
+    paper used 4096, 800 and 5% of the epochs: see configs/imagenet_pretrain.yaml)."""
 
     model: str = option("r50_1x_sk1", "encoder, r{depth}_{width}x_sk{0|1} (see `simclrv2 models`)")
     temperature: float = option(0.1, "NT-Xent temperature", minimum=0, exclusive_minimum=True)
