@@ -31,3 +31,14 @@ def test_subcommand_help_renders_and_documents_every_option(name, capsys):
         if action.option_strings and action.help != argparse.SUPPRESS:
             assert action.help, f"{name} {action.option_strings[0]} has no help text"
             assert action.option_strings[-1] in text
+
+
+def test_debug_shows_the_traceback_and_still_exits_2(tmp_path, capsys):
+    from simclrv2.cli import main
+    missing = tmp_path / "missing.pt"
+    assert main(["evaluate", "--model", str(missing)]) == 2
+    plain = capsys.readouterr().err
+    assert plain.strip().splitlines() == [plain.strip()] and str(missing) in plain
+    assert main(["--debug", "evaluate", "--model", str(missing)]) == 2
+    debug = capsys.readouterr().err
+    assert "Traceback" in debug and debug.strip().splitlines()[-1] == plain.strip()

@@ -183,3 +183,15 @@ def test_evaluate_refuses_data_with_other_classes(pretrained, tmp_path):
     proc = cli("evaluate", "--model", str(run / "model.pt"), "--data", str(folder), "--workers", "0")
     assert proc.returncode == 2 and "classifies 10 classes" in proc.stderr and "has 3" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_batch_cap_is_a_multiple_of_the_process_count():
+    from simclrv2.errors import UserError
+    from simclrv2.train.setup import capped_batch
+    assert capped_batch(1024, 145, 1) == 145
+    assert capped_batch(1024, 145, 2) == 144
+    assert capped_batch(1024, 145, 8) == 144
+    assert capped_batch(64, 145, 8) == 64
+    assert capped_batch(60, 145, 8) == 56
+    with pytest.raises(UserError, match="3 labeled images cannot be split over 4 processes"):
+        capped_batch(1024, 3, 4)

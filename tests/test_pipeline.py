@@ -14,7 +14,7 @@ import torch
 
 from simclrv2.checkpoint import load_checkpoint
 
-from simclrv2.pipeline import label_slug, load_pipeline_config, packaged_config, plan, run_pipeline
+from simclrv2.pipeline import PIPELINE_PRESETS, label_slug, load_pipeline_config, packaged_config, plan, run_pipeline
 from conftest import SHORT_DEMO
 from simclrv2.report import results_table
 
@@ -66,6 +66,8 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(demo_run, tm
     ("colour=1", "colour"),
     ("distill.students=[r99_1x_sk0]", "r99_1x_sk0"),
     ("skip=[pretraining]", "skip"),
+    ("data=/no/such/images", "data /no/such/images: no such file or folder"),
+    ("labels=[2/class, /no/such/1percent.txt]", "/no/such/1percent.txt"),
 ])
 def test_configs_are_validated_before_any_work(tmp_path, override, message):
     out = tmp_path / "never"
@@ -77,7 +79,7 @@ def test_configs_are_validated_before_any_work(tmp_path, override, message):
 
 
 def test_every_preset_plans(tmp_path):
-    for name in ("demo", "cifar", "imagenet"):
+    for name in PIPELINE_PRESETS:
         cfg = load_pipeline_config(str(packaged_config(name)), [f"out={tmp_path / name}"])
         stages = plan(cfg)
         assert stages[0].name == "pretrain" and any(s.kind == "distill" for s in stages)

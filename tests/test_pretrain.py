@@ -107,3 +107,14 @@ def test_torchrun_two_processes(tmp_path):
     assert payload["step"] == 1437 // 128
     # one process wrote the run folder; BN layers were global during training but are saved plainly
     assert not any("GlobalBatchNorm" in str(type(v)) for v in payload["model"].values())
+    # fine-tuning on 145 labeled images: the batch cap rounds down to a multiple of 2 processes
+    tuned = tmp_path / "ddp_finetune"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "simclrv2", "finetune", "--from", str(out / "model.pt"), "--data", "digits", "--out", str(tuned),
+         "--labels", "10%", "--epochs", "1", "--workers", "0", "--holdout", "0.2", "--no-tensorboard"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tuned / "result.json").read_text())
+    assert result["labeled_images"] == 145 and result["steps"] == 1
+    assert load_checkpoint(tuned / "model.pt")["config"]["batch_size"] == 144

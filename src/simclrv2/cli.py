@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from typing import Any, Callable
 
 from .errors import UserError
@@ -32,13 +34,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (which sets RANK), or a plain single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _run_stage(cfg_cls, run: Callable[[Any], dict]) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from .config import from_args
 
         cfg = from_args(cfg_cls, args, args.config, args.set)
         result = run(cfg)
-        print(json.dumps(result, indent=2, default=float))
+        if _is_main_process():
+            print(json.dumps(result, indent=2, default=float))
         return 0
 
     return handler
@@ -107,14 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Under torchrun the other ranks log only warnings and errors: one progress log, not N.
+    level = logging.INFO if _is_main_process() else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     from .train.loop import Preempted
 
     try:
         return args.func(args)
     except UserError as exc:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"simclrv2: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Preempted as exc:

@@ -17,7 +17,9 @@ A pipeline config names the data once and gives each stage its settings::
 Stage folders: ``pretrain``, ``linear_eval``, ``finetune_1pct``, ``supervised_1pct``,
 ``distill_self_1pct``, ``distill_<encoder>_1pct``. Re-running the same command skips the
 finished stages (those with a result.json) and resumes an interrupted one from its latest
-good checkpoint. Everything is validated before the first stage starts.
+good checkpoint. Every key, type and value, the data paths and the label specs are validated
+before the first stage starts (what only a stage can see, such as a batch too large for the
+memory, is reported by that stage).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger("simclrv2")
 
 SHARED_KEYS = ("data", "eval_data", "holdout", "seed")
 OPTIONAL_STAGES = ("baseline", "linear_eval", "distill")
+PIPELINE_PRESETS = ("demo", "cifar", "imagenet")  # configs/*.yaml for `run`; the rest are per stage
 
 
 @dataclass
@@ -173,12 +176,27 @@ def load_pipeline_config(path: str | None, overrides: list[str], extra: dict[str
     return from_mapping(PipelineConfig, data)
 
 
+def _check_inputs(cfg: PipelineConfig) -> None:
+    """The data paths and label specs exist, so that a typo fails now and not after pretraining."""
+    from .data.subsets import parse_label_spec
+
+    for key in ("data", "eval_data"):
+        spec = getattr(cfg, key)
+        if spec and spec != "digits" and not Path(spec).expanduser().exists():
+            raise UserError(f"{key} {spec}: no such file or folder: set {key}= to a folder of images, "
+                            "a .csv/.tsv list or 'digits'")
+    for label in cfg.label_specs():
+        if label != "all":
+            parse_label_spec(label)
+
+
 def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run every stage not yet finished; returns the results by stage and writes the report."""
     from . import report
     from .train.loop import RunDir
 
     stages = plan(cfg)
+    _check_inputs(cfg)
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     save_yaml(dataclasses.asdict(cfg), root / "pipeline.yaml")
@@ -234,8 +252,8 @@ def register(sub: Any) -> None:
     """Add ``run`` and ``demo`` to the command line."""
     p = sub.add_parser("run", help="the whole method: pretrain, fine-tune, baseline, distill, evaluate, report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", metavar="CONFIG", help="pipeline YAML file, or a preset name: demo, cifar, "
-                   "imagenet_1pct, imagenet_10pct")
+    p.add_argument("config", metavar="CONFIG", help="pipeline YAML file, or a preset name: "
+                   + ", ".join(PIPELINE_PRESETS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set pretrain.epochs=10 (repeatable)")
     p.set_defaults(func=cmd_run)

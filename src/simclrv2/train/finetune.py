@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..models import build_model, classifier_config, parse_model_name
 from .evaluate import classification_metrics, predict_logits
 from .loop import LoopConfig, RunDir, Trainer, describe_model_size, write_config
-from .setup import LabeledSplits, input_view, make_optimizer, make_schedule, open_labeled_splits, prepare_model
+from .setup import LabeledSplits, capped_batch, input_view, make_optimizer, make_schedule, open_labeled_splits, prepare_model
 from .weights import check_same_encoder, classifier_from, transplant
 
 log = logging.getLogger("simclrv2")
@@ -113,7 +113,8 @@ def _source(cfg: FinetuneConfig) -> dict[str, Any] | None:
     return payload
 
 
-def _resolved(cfg: FinetuneConfig, source: dict[str, Any] | None, labeled: int, pool: int) -> FinetuneConfig:
+def _resolved(cfg: FinetuneConfig, source: dict[str, Any] | None, labeled: int, pool: int,
+              world_size: int = 1) -> FinetuneConfig:
     """Fill in the defaults that depend on the checkpoint and the data (``labeled`` of ``pool``
     training images carry the labels used)."""
     model = cfg.model or source["model_config"]["encoder"]
@@ -123,9 +124,7 @@ def _resolved(cfg: FinetuneConfig, source: dict[str, Any] | None, labeled: int, 
     if source is not None:
         small = "on" if source["model_config"].get("small_images") else "off"
     lr = cfg.lr if cfg.lr is not None else default_finetune_lr(model)
-    batch = min(cfg.batch_size, labeled)
-    if batch < cfg.batch_size:
-        log.info("batch size %d capped at the %d labeled images", cfg.batch_size, labeled)
+    batch = capped_batch(cfg.batch_size, labeled, world_size)
     few_labels = cfg.labels != "all" and labeled < FEW_LABELS_SHARE * pool
     epochs = cfg.epochs if cfg.epochs is not None else (60 if few_labels else 30)
     head_layer = cfg.head_layer if cfg.head_layer is not None else ("0" if cfg.labels == "all" else "1")
@@ -238,7 +237,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     run_dir.prepare(cfg.resume, cfg.overwrite, runtime.is_main)
     splits: LabeledSplits = open_labeled_splits(cfg, cfg.labels,
                                                 run_dir.path / LABELED_LIST if runtime.is_main else None)
-    cfg = _resolved(cfg, source, len(splits.labeled), len(splits.labeled) + len(splits.unlabeled))
+    cfg = _resolved(cfg, source, len(splits.labeled), len(splits.labeled) + len(splits.unlabeled),
+                    runtime.world_size)
     torch.manual_seed(cfg.seed)
     stage = "finetune" if source is not None else "supervised"
     if cfg.head_layer == "auto":

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..models import Classifier, build_model
 from .evaluate import classification_metrics, predict_logits
 from .loop import LoopConfig, RunDir, Trainer, write_config
-from .setup import input_view, make_optimizer, make_schedule, open_labeled_splits, prepare_model
+from .setup import capped_batch, input_view, make_optimizer, make_schedule, open_labeled_splits, prepare_model
 from .weights import classifier_from, load_model, transplant
 
 log = logging.getLogger("simclrv2")
@@ -77,17 +77,17 @@ def linear_eval(cfg: LinearEvalConfig) -> dict[str, Any]:
     run_dir = RunDir(cfg.out)
     source_model, source = load_model(cfg.init, purpose="linear evaluation needs a trained network")
     del source_model
+    depth = source["model_config"].get("head_layers", 3)
+    if cfg.head_layer > depth - 1:
+        raise UserError(f"--head-layer {cfg.head_layer} is beyond the projection head of {cfg.init} "
+                        f"({depth} layers): use 0 to {depth - 1}")
     run_dir.prepare(cfg.resume, cfg.overwrite, runtime.is_main)
     splits = open_labeled_splits(cfg, cfg.labels, run_dir.path / "labeled.txt" if runtime.is_main else None)
     trained = source.get("config") or {}
     cfg = dataclasses.replace(
         cfg, image_size=cfg.image_size or trained.get("image_size") or 224,
         small_images="on" if source["model_config"].get("small_images") else "off",
-        batch_size=min(cfg.batch_size, len(splits.labeled)))
-    depth = source["model_config"].get("head_layers", 3)
-    if cfg.head_layer > depth - 1:
-        raise UserError(f"--head-layer {cfg.head_layer} is beyond the projection head of {cfg.init} "
-                        f"({depth} layers): use 0 to {depth - 1}")
+        batch_size=capped_batch(cfg.batch_size, len(splits.labeled), runtime.world_size))
     torch.manual_seed(cfg.seed)
     model_config = classifier_from(source, cfg.head_layer, len(splits.labeled.class_names))
     model = build_model(model_config)

@@ -27,6 +27,20 @@ def eval_crop_fraction(image_size: int) -> float:
     return 1.0 if image_size <= 32 else 0.875
 
 
+def capped_batch(requested: int, labeled: int, world_size: int) -> int:
+    """The global batch for training on ``labeled`` images: at most all of them, and a multiple
+    of the process count (each process takes an equal slice)."""
+    batch = min(requested, labeled)
+    batch -= batch % world_size
+    if batch < world_size:
+        raise UserError(f"{labeled} labeled images cannot be split over {world_size} processes: "
+                        "label more images or use fewer processes")
+    if batch < requested:
+        log.info("batch size %d capped at %d (%d labeled images, %d processes)", requested, batch,
+                 labeled, world_size)
+    return batch
+
+
 @dataclass
 class Splits:
     """Training images and the held-out images evaluation uses (None when there are none)."""
