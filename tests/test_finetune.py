@@ -23,7 +23,7 @@ COMMON = dict(data="digits", workers=0, holdout=0.2, log_every=20, tensorboard=F
 # crop suited to 20 labeled 16-px images (sqrt scaling makes SPEC's rate tiny at batch 20).
 # `pretrained` (conftest.py) is the pretraining stage of a shortened demo run.
 MARGIN = 0.10
-FT = dict(epochs=150, lr=0.1, crop_min_area=0.5, flip=False, image_size=16)
+FT = dict(epochs=150, lr=0.03, crop_min_area=0.5, flip=False, image_size=16)
 
 
 def run_finetune(tmp_path, name, **kw):
