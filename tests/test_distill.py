@@ -9,7 +9,7 @@ import torch
 
 from simclrv2.checkpoint import load_checkpoint
 from simclrv2.config import from_mapping
-from simclrv2.losses import distillation_loss
+from simclrv2.losses import distillation_loss, teacher_entropy
 from simclrv2.train import distill as distill_module
 from simclrv2.train.distill import DistillConfig, distill
 from simclrv2.train.finetune import FinetuneConfig, finetune
@@ -44,6 +44,25 @@ def test_loss_equals_float64_reference_and_only_the_student_gets_gradients(tau):
     torch.testing.assert_close(loss64, reference_loss(student64.detach(), teacher.detach(), tau),
                                rtol=1e-12, atol=0)
     torch.testing.assert_close(student64.grad, s64.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_loss_minus_teacher_entropy_is_the_kl_divergence():
+    g = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
+    for tau in (0.1, 1.0):
+        p_t, p_s = torch.softmax(teacher / tau, 1), torch.softmax(student / tau, 1)
+        kl = (p_t * (p_t / p_s).log()).sum(1).mean()
+        got = distillation_loss(student, teacher, tau) - teacher_entropy(teacher, tau)
+        torch.testing.assert_close(got, kl, rtol=1e-12, atol=1e-14)
+    assert teacher_entropy(teacher, 1.0).item() > 0
+
+
+def test_distillation_logs_the_kl_to_the_teacher(demo_run):
+    records = [json.loads(line) for line in
+               (demo_run / "distill_self_2perclass" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r.get("kind") == "train"]
+    assert train and all(-1e-4 <= r["distill_kl"] <= r["distill_loss"] + 1e-6 for r in train)
+    assert train[-1]["distill_kl"] < train[0]["distill_kl"]
 
 
 def test_self_distilled_student_keeps_the_teacher_accuracy(demo_run):

@@ -72,3 +72,11 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         teacher = F.softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=1)
         log_student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
         return -(teacher * log_student).sum(1).mean()
+
+
+def teacher_entropy(teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """-sum_y P_T(y|x; tau) log P_T(y|x; tau), averaged over the batch: the floor of
+    ``distillation_loss``; the loss minus it is the KL divergence from teacher to student."""
+    with torch.autocast(teacher_logits.device.type, enabled=False):
+        log_p = F.log_softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=1)
+        return -(log_p.exp() * log_p).sum(1).mean()

@@ -84,9 +84,16 @@ def _plot_curves(run: Path, results: dict[str, Any], plt) -> str:
         if not train:
             continue
         ax = axes[0] if name == "pretrain" else axes[1]
-        ax.plot([r["epoch"] for r in train], [r["loss"] for r in train], label=name)
+        # Distillation: the KL to the teacher (0 when matched), not the cross-entropy, which
+        # levels off at the teacher's entropy and would hide the progress on a log axis.
+        key = "distill_kl" if all("distill_kl" in r for r in train) else "loss"
+        # (a KL of a matched student can round to slightly below 0: floor it for the log axis)
+        values = [max(r[key], 1e-6) if key == "distill_kl" else r[key] for r in train]
+        ax.plot([r["epoch"] for r in train], values,
+                label=name + (" (KL to teacher)" if key == "distill_kl" else ""))
     axes[0].set(title="pretraining (NT-Xent loss)", xlabel="epoch", ylabel="loss")
-    axes[1].set(title="fine-tuning, baseline, distillation", xlabel="epoch", ylabel="loss", yscale="log")
+    axes[1].set(title="fine-tuning, baseline (cross-entropy); distillation (KL)", xlabel="epoch",
+                ylabel="loss", yscale="log")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

@@ -30,7 +30,7 @@ from ..config import option
 from ..data import ImageSet
 from ..data.loader import Batch, Loader
 from ..errors import UserError
-from ..losses import distillation_loss
+from ..losses import distillation_loss, teacher_entropy
 from ..models import build_model, classifier_config, parse_model_name
 from .evaluate import classification_metrics, predict_logits
 from .loop import LoopConfig, RunDir, Trainer, describe_model_size, write_config
@@ -150,7 +150,9 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             teacher_logits = teacher(x)
         student_logits = train_student(x)
         kd = distillation_loss(student_logits, teacher_logits, tau)
-        logs = {"distill_loss": kd.detach(),
+        # The cross-entropy levels off at the teacher's entropy (large at tau 1); the KL
+        # divergence, cross-entropy minus that entropy, goes to 0 as the student matches.
+        logs = {"distill_loss": kd.detach(), "distill_kl": kd.detach() - teacher_entropy(teacher_logits, tau),
                 "agreement": (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()}
         if cfg.alpha >= 1:
             return kd, logs
