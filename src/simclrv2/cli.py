@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import traceback
 from typing import Any, Callable
 
+from .distributed import is_main_process
 from .errors import UserError
 
 log = logging.getLogger("simclrv2")
@@ -34,18 +34,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_main_process() -> bool:
-    """Rank 0 under torchrun (which sets RANK), or a plain single process."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _run_stage(cfg_cls, run: Callable[[Any], dict]) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from .config import from_args
 
         cfg = from_args(cfg_cls, args, args.config, args.set)
         result = run(cfg)
-        if _is_main_process():
+        if is_main_process():
             print(json.dumps(result, indent=2, default=float))
         return 0
 
@@ -116,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Under torchrun the other ranks log only warnings and errors: one progress log, not N.
-    level = logging.INFO if _is_main_process() else logging.WARNING
+    level = logging.INFO if is_main_process() else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     from .train.loop import Preempted
 

@@ -44,6 +44,11 @@ def rank() -> int:
     return dist.get_rank() if is_initialized() else 0
 
 
+def is_main_process() -> bool:
+    """Rank 0, or a single process; before the process group exists, torchrun's RANK decides."""
+    return rank() == 0 if is_initialized() else os.environ.get("RANK", "0") == "0"
+
+
 def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 

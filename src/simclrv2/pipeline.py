@@ -178,13 +178,12 @@ def load_pipeline_config(path: str | None, overrides: list[str], extra: dict[str
 
 def _check_inputs(cfg: PipelineConfig) -> None:
     """The data paths and label specs exist, so that a typo fails now and not after pretraining."""
+    from .data.sources import data_path
     from .data.subsets import parse_label_spec
 
-    for key in ("data", "eval_data"):
-        spec = getattr(cfg, key)
-        if spec and spec != "digits" and not Path(spec).expanduser().exists():
-            raise UserError(f"{key} {spec}: no such file or folder: set {key}= to a folder of images, "
-                            "a .csv/.tsv list or 'digits'")
+    for spec in (cfg.data, cfg.eval_data):
+        if spec:
+            data_path(spec)
     for label in cfg.label_specs():
         if label != "all":
             parse_label_spec(label)

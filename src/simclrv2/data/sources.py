@@ -99,14 +99,24 @@ class ImageSet:
         return bool(self.class_names) and bool(np.all(self.labels >= 0))
 
 
-def open_images(spec: str | os.PathLike, labeled: bool) -> ImageSet:
-    """Open the images ``spec`` names; ``labeled=True`` requires a label for every item."""
+def data_path(spec: str | os.PathLike) -> Path | None:
+    """The existing file or folder ``spec`` names (None for the bundled 'digits'); a one-line
+    error otherwise. Cheap: lists nothing, so it can check a path long before it is read."""
     spec = os.fspath(spec)
     if spec == "digits":
-        return _open_digits()
+        return None
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data {spec}: no such file or folder: {_SPEC_HELP}")
+    return path
+
+
+def open_images(spec: str | os.PathLike, labeled: bool) -> ImageSet:
+    """Open the images ``spec`` names; ``labeled=True`` requires a label for every item."""
+    spec = os.fspath(spec)
+    path = data_path(spec)
+    if path is None:
+        return _open_digits()
     if path.is_dir():
         return _open_folder(spec, path, labeled)
     if path.suffix.lower() in LIST_DELIMITERS:
