@@ -1,14 +1,32 @@
-"""Helpers shared by the benchmark scripts: machine description, timing, markdown tables."""
+"""Helpers shared by the benchmark scripts: machine description, timing, markdown tables, and the
+real training steps of the stages on synthetic in-memory data (``stage_engine``)."""
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import platform
 import statistics
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from simclrv2.augment import SimCLRAugment
+from simclrv2.config import DataOptions, from_mapping
+from simclrv2.data import ImageSet
+from simclrv2.data.loader import Batch
+from simclrv2.data.splits import Splits
+from simclrv2.distributed import single_process
+from simclrv2.engine import Engine, RunFolder
+from simclrv2.models import build_model, classifier_config
+from simclrv2.record import Record
+from simclrv2.stages import distill, finetune, pretrain
+from simclrv2.stages.pretrain import PretrainConfig
 
 
 def cpu_model() -> str:
@@ -68,3 +86,101 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+# ------------------------------------------------------------------ the real training steps
+
+SCHEDULE_STEPS = 10_000  # the learning-rate schedule of a benchmark engine: more steps than any run takes
+
+
+@dataclass
+class Case:
+    """A model, an image side and a (global) batch size: ``model:size:batch`` on the command line."""
+
+    model: str
+    size: int
+    batch: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Case":
+        model, size, batch = text.split(":")
+        return cls(model, int(size), int(batch))
+
+    @property
+    def load_size(self) -> int:
+        """The side of the squashed images the loader hands the step (the --load-size default)."""
+        return DataOptions(image_size=self.size).resolved_load_size()
+
+
+def make_batch(case: Case, device: torch.device, classes: int = 0, seed: int = 0) -> tuple[ImageSet, Batch]:
+    """A synthetic data set of ``case.batch`` images and all of them as one batch, as the Loader
+    hands it to the step: uint8 (N, 3, L, L) at the load size, float32 aspect ratios (square at
+    <= 32 px, photo-like, width / height in [0.6, 1.7], above), labels in [0, classes) (-1 without)."""
+    g = torch.Generator().manual_seed(seed)
+    n, side = case.batch, case.load_size
+    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+    if case.size <= 32:
+        aspect = torch.ones(n)
+    else:
+        aspect = torch.exp(math.log(0.6) + (math.log(1.7) - math.log(0.6)) * torch.rand(n, generator=g))
+    labels = torch.randint(0, classes, (n,), generator=g) if classes else torch.full((n,), -1)
+    data = ImageSet(paths=None, arrays=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
+                    class_names=[str(c) for c in range(classes)], name="synthetic")
+    return data, Batch(images.to(device), aspect.to(device), labels.to(device), torch.arange(n))
+
+
+def pretrain_augment(case: Case) -> SimCLRAugment:
+    """The pretraining step's augmentation (``PretrainConfig``'s defaults at ``case.size``)."""
+    return SimCLRAugment(PretrainConfig(model=case.model, image_size=case.size).augment_config())
+
+
+def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, precision: str = "auto",
+                 channels_last: str = "auto", compile_backend: str | None = None) -> Engine:
+    """The engine of a real ``stage`` run (pretrain, finetune, distill) training on ``data``, ready
+    for ``engine.train_step(batch)``: its step, optimizer, schedule and autocast are the run's.
+
+    The stage's own code builds the network, the step and the optimizer groups with the stage's
+    defaults. What differs from a run: the data come from memory, not ``--data`` (each stage's
+    ``*_parts`` builder, which ``build`` calls after opening ``--data``, takes them); the
+    schedule has ``SCHEDULE_STEPS`` steps and no warmup; unlabeled images (``make_batch`` without
+    classes) give pretraining no linear monitor, as on unlabeled data; fine-tuning trains a classifier on
+    hiddens[1] (the paper's 1%-label network) from random weights, and distillation's teacher is
+    such a classifier (no checkpoint: weights do not change the timing); no worker processes, no
+    image cache. ``compile_backend``: the network the step calls is ``torch.compile``d with that
+    backend, as ``prepare_model`` does for ``--compile`` (which has no backend choice).
+    """
+    runtime = single_process(str(device))
+    settings = {"data": data.name, "out": str(Path(_runs().name) / stage), "image_size": case.size,
+                "batch_size": case.batch, "epochs": SCHEDULE_STEPS, "warmup_epochs": 0.0,
+                "device": device.type, "precision": precision, "channels_last": channels_last,
+                "workers": 0, "cache": "off", "tensorboard": False}
+    torch.manual_seed(0)
+    if stage == "pretrain":
+        cfg = from_mapping(pretrain.PretrainConfig, {**settings, "model": case.model})
+        parts = pretrain.contrastive_parts(cfg, runtime, Splits(data, None))
+    elif stage == "finetune":
+        cfg = from_mapping(finetune.FinetuneConfig, {**settings, "from": "scratch", "model": case.model,
+                                                     "head_layer": "1"})
+        cfg = finetune.resolve(cfg, None, len(data), len(data))
+        parts = finetune.classifier_parts(cfg, runtime, data, None, None, head_layer=1)
+    elif stage == "distill":
+        names = data.class_names
+        small = DataOptions(image_size=case.size).uses_small_images()
+        teacher_config = classifier_config(case.model, len(names), 1, small)
+        teacher = build_model(teacher_config).eval()
+        cfg = from_mapping(distill.DistillConfig, {**settings, "teacher": "synthetic teacher"})
+        parts = distill.distill_parts(cfg, runtime, teacher, Record("finetune", teacher_config, case.size, names),
+                                      (data, None))
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    if compile_backend:
+        parts.step.net = torch.compile(parts.step.net, backend=compile_backend)
+    engine = Engine(parts, runtime, RunFolder(cfg.out))
+    engine.step.train()  # as Engine.fit does before its first step
+    return engine
+
+
+@functools.cache
+def _runs() -> tempfile.TemporaryDirectory:
+    """Where the engines' run folders are (``train_step`` writes nothing); removed at exit."""
+    return tempfile.TemporaryDirectory(prefix="simclrv2_bench_")

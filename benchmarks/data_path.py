@@ -4,10 +4,10 @@ Writes ``--images`` random-ish JPEGs (smooth colour fields plus noise, ``--jpeg-
 quality 90) to a temporary folder, opens it as ``simclrv2.data.open_images`` does, and runs the
 pretraining data path through ``simclrv2.data.loader.Loader`` (train mode, cache off, with 0
 and 1 worker processes): decode, squash to the load size, collate, then the two augmented views
-of ``SimCLRAugment(AugmentConfig.pretrain(size))``, as the step makes them. Its images/s (an
-image = its two views; one epoch after a warm-up batch) is set against the full pretraining
-step's rate from ``step_overhead.py`` (same model, size and batch), measured in the same run
-unless ``--step-rate`` gives it. "decode only" stops at the uint8 batch on the device (no views).
+of the pretraining step's augmentation, as the step makes them. Its images/s (an image = its two
+views; one epoch after a warm-up epoch) is set against the rate of the real pretraining step
+(``Engine.train_step``, from ``step_overhead.py``: same model, size and batch), measured in the
+same run unless ``--step-rate`` gives it. "decode only" stops at the uint8 batch on the device (no views).
 
 With 0 workers, loading and the step alternate in one process: the combined rate is
 1 / (1 / data + 1 / step). With workers, decoding overlaps the step (on other cores).
@@ -32,14 +32,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, markdown_table, resolve_device, sync  # noqa: E402
-from step_overhead import Case, measure  # noqa: E402
+from _common import Case, machine_line, markdown_table, pretrain_augment, resolve_device, sync  # noqa: E402
+from step_overhead import measure  # noqa: E402
 
-from simclrv2.augment import AugmentConfig, SimCLRAugment  # noqa: E402
 from simclrv2.data import open_images  # noqa: E402
 from simclrv2.data.loader import Loader  # noqa: E402
 from simclrv2.distributed import Runtime  # noqa: E402
-from simclrv2.train.loop import step_generator  # noqa: E402
+from simclrv2.engine.loop import step_generator  # noqa: E402
 
 
 def write_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> int:
@@ -63,7 +62,7 @@ def data_rate(folder: Path, case: Case, workers: int, device: torch.device, epoc
     batch on the device), through the Loader."""
     images = open_images(str(folder), labeled=False)
     runtime = Runtime(0, 1, 0, device)
-    augment = SimCLRAugment(AugmentConfig.pretrain(case.size))
+    augment = pretrain_augment(case)
     start = time.perf_counter()
     loader = Loader(images, "train", case.load_size, case.batch, runtime, seed=0, workers=workers, cache="off")
     count, step, first_batch_s = 0, 0, None

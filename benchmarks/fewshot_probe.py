@@ -31,10 +31,10 @@ from _common import machine_line, markdown_table  # noqa: E402
 from simclrv2.data.sources import open_images  # noqa: E402
 from simclrv2.data.subsets import holdout_split  # noqa: E402
 from simclrv2.distributed import single_process  # noqa: E402
-from simclrv2.pipeline import load_pipeline_config, packaged_config  # noqa: E402
-from simclrv2.train.pretrain import pretrain  # noqa: E402
-from simclrv2.train.setup import eval_loader, extract_features  # noqa: E402
-from simclrv2.train.weights import load_model  # noqa: E402
+from simclrv2.metrics import eval_loader, extract_features  # noqa: E402
+from simclrv2.models.checkpoints import load_model  # noqa: E402
+from simclrv2.pipeline import load_pipeline_config, packaged_config, plan  # noqa: E402
+from simclrv2.stages import run  # noqa: E402
 
 DRAWS = 5
 PER_CLASS = 2
@@ -42,10 +42,8 @@ PER_CLASS = 2
 
 def demo_pretrain_config(out: Path, overrides: list[str]):
     """The pretraining stage of configs/demo.yaml with ``pretrain.KEY=VALUE`` overrides."""
-    from simclrv2.pipeline import plan
-
     cfg = load_pipeline_config(str(packaged_config("demo")), [f"pretrain.{o}" for o in overrides],
-                               {"out": str(out), "skip": ["linear_eval", "baseline", "distill"]})
+                               {"out": str(out), "skip": ["linear_eval", "supervised", "distill"]})
     return plan(cfg)[0].cfg
 
 
@@ -56,8 +54,8 @@ def features(model_path: Path, size: int) -> dict[str, tuple[np.ndarray, ...]]:
     images = open_images("digits", labeled=True)
     train, held = holdout_split(images.labels, 0.2, 0)
 
-    def run(fn, idx):
-        f, y = extract_features(fn, eval_loader(images.subset(idx), size, runtime, workers=0), runtime)
+    def extract(fn, idx):
+        f, y = extract_features(fn, eval_loader(images.subset(idx), size, runtime, workers=0))
         return f.numpy(), y.numpy()
 
     def h0(x):
@@ -68,7 +66,7 @@ def features(model_path: Path, size: int) -> dict[str, tuple[np.ndarray, ...]]:
 
     out = {}
     for name, fn in (("h0", h0), ("h1", h1)):
-        out[name] = (*run(fn, train), *run(fn, held))
+        out[name] = (*extract(fn, train), *extract(fn, held))
     return out
 
 
@@ -115,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = setting + (["epochs=1"] if args.quick else [])
             cfg = demo_pretrain_config(Path(tmp) / f"run{i}", overrides + ["knn_monitor=false"])
             start = time.perf_counter()
-            pretrain(cfg)
+            run(cfg)
             seconds = time.perf_counter() - start
             for name, data in features(Path(cfg.out) / "model.pt", cfg.image_size).items():
                 rows.append([f"{', '.join(setting)}: {name}", f"{seconds:.0f}",

@@ -24,19 +24,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line, markdown_table  # noqa: E402
 
-from simclrv2.config import from_mapping  # noqa: E402
+from simclrv2.config import from_mapping, to_dict  # noqa: E402
 from simclrv2.pipeline import load_pipeline_config, packaged_config, plan  # noqa: E402
-from simclrv2.train.finetune import FinetuneConfig, finetune  # noqa: E402
-from simclrv2.train.pretrain import pretrain  # noqa: E402
+from simclrv2.stages import run  # noqa: E402
+from simclrv2.stages.finetune import FinetuneConfig  # noqa: E402
 
 RATES = (0.01, 0.03, 0.05, 0.1, 0.3)
 
 
 def demo_stages(out: Path, seed: int, quick: bool) -> dict:
-    """The demo's stage configs, by stage name (2/class column only)."""
+    """The demo's stage configs, by stage folder (2/class column only)."""
     overrides = ['labels=["2/class"]', f"seed={seed}"] + (["pretrain.epochs=1"] if quick else [])
     cfg = load_pipeline_config(str(packaged_config("demo")), overrides, {"out": str(out)})
-    return {stage.name: stage.cfg for stage in plan(cfg)}
+    return {stage.id.folder: stage.cfg for stage in plan(cfg)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             if not args.quick:
                 parser.error("--checkpoint is required (or --quick)")
-            pretrain(stages["pretrain"])
+            run(stages["pretrain"])
             checkpoint = str(Path(stages["pretrain"].out) / "model.pt")
         rates = args.rates[:2] if args.quick else args.rates
         epochs = 3 if args.quick else args.epochs
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         for init, stage in ((checkpoint, "finetune_2perclass"), ("scratch", "supervised_2perclass")):
             row = ["fine-tuned" if init != "scratch" else "baseline (from scratch)"]
             for rate in rates:
-                base = {k: v for k, v in vars(stages[stage]).items() if k != "resume"}
-                changes = {"init": init, "lr": rate, "out": str(Path(tmp) / f"{stage}_{rate}"), "overwrite": True}
+                base = {k: v for k, v in to_dict(stages[stage]).items() if k != "resume"}
+                changes = {"from": init, "lr": rate, "out": str(Path(tmp) / f"{stage}_{rate}"), "overwrite": True}
                 if epochs:
                     changes["epochs"] = epochs
-                result = finetune(from_mapping(FinetuneConfig, {**base, **changes}))
+                result = run(from_mapping(FinetuneConfig, {**base, **changes}))
                 row.append(round(100 * result["holdout_top1"], 1))
             rows.append(row)
     print(f"machine: {machine_line(torch.device('cpu'))}")

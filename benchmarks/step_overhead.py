@@ -1,11 +1,12 @@
 """Overhead of the pretraining step around the network: full step vs bare forward/backward/SGD.
 
-The *full* step reproduces ``simclrv2.train.pretrain``'s step as ``Trainer.fit`` runs it: the
-per-step generator, the learning rate set on every group, device-side augmentation of the uint8
-batch (``SimCLRAugment(AugmentConfig.pretrain(size))``, called twice with the batch's aspect
-ratios), the two views concatenated into one forward of the ``ContrastiveModel``, ``NTXentLoss``
-(temperature 0.1), the non-finite check without host sync, backward, the LARS step on the
-official parameter groups (weight decay 1e-4, BN/bias exempt) and ``zero_grad(set_to_none)``.
+The *full* step is the real one: ``Engine.train_step`` of a pretraining run
+(``simclrv2.stages.pretrain.build`` with its defaults, see ``_common.stage_engine``) on a
+synthetic uint8 batch that is the run's whole data set. It sets the scheduled learning rate,
+draws the step's generator, runs ``ContrastiveStep`` under autocast (two augmented views of the
+batch with its aspect ratios, one forward of the ``ContrastiveModel``, NT-Xent at temperature
+0.1), checks the loss without a host sync, runs backward, the LARS step on the stage's parameter
+groups (weight decay 1e-4, BN/bias exempt) and ``zero_grad(set_to_none)``.
 
 The *bare* step is the same network (a copy with the same initial weights) on ready float
 tensors of the same two-view batch: forward, a trivial loss (mean of squared projections),
@@ -23,115 +24,75 @@ An image counts once (its two views are one image).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
-import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line, markdown_table, median, resolve_device, sync, timed  # noqa: E402
+from _common import (Case, machine_line, make_batch, markdown_table, median, pretrain_augment,  # noqa: E402
+                     resolve_device, stage_engine, sync, timed)
 
-from simclrv2.augment import AugmentConfig, SimCLRAugment  # noqa: E402
-from simclrv2.losses import NTXentLoss  # noqa: E402
-from simclrv2.models import build_model, contrastive_config  # noqa: E402
-from simclrv2.optim import build_optimizer, param_groups, scale_learning_rate  # noqa: E402
-from simclrv2.train.loop import step_generator  # noqa: E402
+from simclrv2.data.loader import Batch  # noqa: E402
+from simclrv2.engine import Engine  # noqa: E402
+from simclrv2.engine.loop import step_generator  # noqa: E402
+from simclrv2.engine.placement import autocast_dtype, input_layout, use_channels_last  # noqa: E402
 
 DEFAULT_CASES = ("r18_1x_sk0:32:64", "r50_1x_sk0:96:16")
 QUICK_CASES = ("r18_0.25x_sk0:16:8",)
+PARTS = ("augment", "forward", "loss", "backward", "optimizer", "bookkeeping")
 
 
-@dataclass
-class Case:
-    model: str
-    size: int
-    batch: int
+class Marks:
+    """Synchronised seconds between marks, listed under the name of the part a mark ends."""
 
-    @classmethod
-    def parse(cls, text: str) -> "Case":
-        model, size, batch = text.split(":")
-        return cls(model, int(size), int(batch))
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self._last = device, {}, 0.0
 
-    @property
-    def small_images(self) -> bool:
-        return self.size <= 32  # the pretrain default (--small-images auto)
+    def start(self) -> None:
+        sync(self.device)
+        self._last = time.perf_counter()
 
-    @property
-    def load_size(self) -> int:
-        # LoopConfig.resolved_load_size(): the loader's squashed side
-        return self.size if self.size <= 32 else int(round(self.size * 8 / 7))
+    def __call__(self, name: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        self.seconds.setdefault(name, []).append(now - self._last)
+        self._last = now
 
-
-def make_batch(case: Case, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the Loader hands the step: uint8 (N, 3, L, L) and float32 aspect ratios (N,)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (case.batch, 3, case.load_size, case.load_size), dtype=torch.uint8,
-                           generator=g)
-    if case.size <= 32:
-        aspect = torch.ones(case.batch)  # CIFAR-like: square originals
-    else:  # photo-like originals, width / height in [0.6, 1.7]
-        aspect = torch.exp(math.log(0.6) + (math.log(1.7) - math.log(0.6)) * torch.rand(case.batch, generator=g))
-    return images.to(device), aspect.to(device)
+    @contextlib.contextmanager
+    def between(self, before: str | None, after: str | None):
+        """Marks ``before`` on entering and ``after`` on leaving."""
+        if before:
+            self(before)
+        yield
+        if after:
+            self(after)
 
 
-class FullStep:
-    """simclrv2.train.pretrain's step inside Trainer.fit/_apply (no monitor, no memory queue)."""
+def wrap(obj: object, attr: str, context: Callable[[], ContextManager]) -> None:
+    """Run every call of ``obj.attr`` inside ``context()``: instruments the real step unchanged."""
+    fn = getattr(obj, attr)
 
-    def __init__(self, model: torch.nn.Module, case: Case, device: torch.device, precision: str,
-                 channels_last: bool, train_model: torch.nn.Module | None = None):
-        # train_model: what the step calls (e.g. torch.compile(model)), as prepare_model returns it
-        self.model, self.case, self.device = model, case, device
-        self.train_model = train_model if train_model is not None else model
-        self.augment = SimCLRAugment(AugmentConfig.pretrain(case.size))
-        self.criterion = NTXentLoss(0.1)
-        self.optimizer = build_optimizer("lars", param_groups(model, 1e-4, ("monitor.",)), lr=0.0, momentum=0.9)
-        self.lr = scale_learning_rate(0.1, case.batch, "sqrt")  # the pretrain default peak
-        self.autocast = torch.bfloat16 if precision == "bf16" else None
-        self.channels_last = channels_last
-        self.bad_steps = torch.zeros((), device=device)
-        self.sums: dict[str, torch.Tensor] = {}
-        self.step_index = 0
+    def wrapped(*args, **kwargs):
+        with context():
+            return fn(*args, **kwargs)
 
-    def views(self, images, aspect, generator) -> torch.Tensor:
-        views = torch.cat([self.augment(images, aspect, generator), self.augment(images, aspect, generator)])
-        if self.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        return views
+    setattr(obj, attr, wrapped)
 
-    def __call__(self, images: torch.Tensor, aspect: torch.Tensor, parts: dict | None = None) -> None:
-        """One step; with ``parts`` (a dict), also the seconds of each part (synchronising)."""
-        mark = _Marker(self.device, parts)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr * group.get("lr_scale", 1.0)
-        generator = step_generator(0, self.step_index, 0, self.device)
-        self.step_index += 1
-        n = images.shape[0]
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                            enabled=self.autocast is not None):
-            views = self.views(images, aspect, generator)
-            mark("augment")
-            z, _ = self.train_model(views)
-            mark("forward")
-            loss = self.criterion(z[:n], z[n:])
-            logs = {"contrastive_loss": loss.detach()}
-            mark("loss")
-        finite = torch.isfinite(loss.detach())
-        self.bad_steps += (~finite).float()
-        loss.backward()
-        mark("backward")
-        self.optimizer.step()
-        mark("optimizer")
-        self.optimizer.zero_grad(set_to_none=True)
-        logs = {"loss": loss.detach().float(), **logs}
-        for key, value in logs.items():
-            self.sums[key] = self.sums[key] + value.float() if key in self.sums else value.float()
-        mark("bookkeeping")
+
+def mark_parts(engine: Engine, marks: Marks) -> None:
+    """Mark the parts of ``engine.train_step``: up to the network's call (learning rate, generator,
+    the two views), the forward, the loss, up to the optimizer's step (non-finite check, backward),
+    the optimizer step; what is left after it is "bookkeeping" (marked by the caller)."""
+    wrap(engine.step, "net", lambda: marks.between("augment", "forward"))
+    wrap(engine.step, "criterion", lambda: marks.between(None, "loss"))
+    wrap(engine.optimizer, "step", lambda: marks.between("backward", "optimizer"))
 
 
 class BareStep:
@@ -142,8 +103,10 @@ class BareStep:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         self.autocast = torch.bfloat16 if precision == "bf16" else None
 
-    def __call__(self, views: torch.Tensor, parts: dict | None = None) -> None:
-        mark = _Marker(self.device, parts)
+    def __call__(self, views: torch.Tensor, marks: Marks | None = None) -> None:
+        mark = marks if marks is not None else (lambda name: None)
+        if marks is not None:
+            marks.start()
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                             enabled=self.autocast is not None):
             z, _ = self.model(views)
@@ -158,55 +121,39 @@ class BareStep:
         mark("bookkeeping")
 
 
-class _Marker:
-    def __init__(self, device: torch.device, parts: dict | None):
-        self.device, self.parts = device, parts
-        if parts is not None:
-            sync(device)
-            self._last = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        if self.parts is None:
-            return
-        sync(self.device)
-        now = time.perf_counter()
-        self.parts.setdefault(name, []).append(now - self._last)
-        self._last = now
-
-
-def build_pair(case: Case, device: torch.device, precision: str, channels_last: bool, seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(contrastive_config(case.model, case.small_images)).to(device)
-    bare_model = copy.deepcopy(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        bare_model = bare_model.to(memory_format=torch.channels_last)
-    model.train()
-    bare_model.train()
-    full = FullStep(model, case, device, precision, channels_last)
-    bare = BareStep(bare_model, device, precision)
-    return full, bare
+def full_engine(case: Case, device: torch.device, precision: str, channels_last: bool) -> tuple[Engine, Batch]:
+    """The real pretraining engine of ``case`` and its batch."""
+    data, batch = make_batch(case, device)
+    engine = stage_engine("pretrain", case, data, device, precision, "on" if channels_last else "off")
+    return engine, batch
 
 
 def measure(case: Case, device: torch.device, warmup: int, steps: int, precision: str = "fp32",
             channels_last: bool = False, breakdown: bool = False) -> dict:
     """Interleaved bare/full steps; medians; optional per-part breakdown of the full step."""
-    full, bare = build_pair(case, device, precision, channels_last)
-    images, aspect = make_batch(case, device)
+    engine, batch = full_engine(case, device, precision, channels_last)
+    bare = BareStep(copy.deepcopy(engine.model), device, precision)
+    step = engine.step
     with torch.no_grad():
-        ready = full.views(images, aspect, step_generator(1, 0, 0, device)).detach().clone()
+        g = step_generator(1, 0, 0, device)
+        views = torch.cat([step.augment(batch.images, batch.aspect, g), step.augment(batch.images, batch.aspect, g)])
+        ready = input_layout(views, step.channels_last).detach().clone()
+
+    def full() -> None:
+        engine.train_step(batch)
+
     for _ in range(warmup):
         bare(ready)
-        full(images, aspect)
+        full()
     t_bare, t_full = [], []
     for i in range(steps):
         # alternate which one goes first, so that neither always follows the other
         if i % 2:
-            t_full.append(timed(lambda: full(images, aspect), device))
+            t_full.append(timed(full, device))
             t_bare.append(timed(lambda: bare(ready), device))
         else:
             t_bare.append(timed(lambda: bare(ready), device))
-            t_full.append(timed(lambda: full(images, aspect), device))
+            t_full.append(timed(full, device))
     result = {
         "case": case, "bare_s": median(t_bare), "full_s": median(t_full),
         "bare_ips": case.batch / median(t_bare), "full_ips": case.batch / median(t_full),
@@ -215,24 +162,26 @@ def measure(case: Case, device: torch.device, warmup: int, steps: int, precision
         "spread": (min(t_full) / max(t_full), min(t_bare) / max(t_bare)),
     }
     if breakdown:
-        parts: dict[str, list[float]] = {}
-        bare_parts: dict[str, list[float]] = {}
+        marks, bare_marks = Marks(device), Marks(device)
+        mark_parts(engine, marks)
         for _ in range(max(steps, 1)):
-            full(images, aspect, parts)
-            bare(ready, bare_parts)
-        result["parts"] = {k: median(v) for k, v in parts.items()}
-        result["bare_parts"] = {k: median(v) for k, v in bare_parts.items()}
+            marks.start()
+            full()
+            marks("bookkeeping")
+            bare(ready, bare_marks)
+        result["parts"] = {k: median(v) for k, v in marks.seconds.items()}
+        result["bare_parts"] = {k: median(v) for k, v in bare_marks.seconds.items()}
     return result
 
 
 def augment_only(case: Case, device: torch.device, warmup: int, steps: int) -> float:
     """Median seconds of the step's two augmented views alone (no model)."""
-    augment = SimCLRAugment(AugmentConfig.pretrain(case.size))
-    images, aspect = make_batch(case, device)
+    augment = pretrain_augment(case)
+    _, batch = make_batch(case, device)
 
     def views(i: int) -> torch.Tensor:
         g = step_generator(0, i, 0, device)
-        return torch.cat([augment(images, aspect, g), augment(images, aspect, g)])
+        return torch.cat([augment(batch.images, batch.aspect, g), augment(batch.images, batch.aspect, g)])
 
     for i in range(warmup):
         views(i)
@@ -244,31 +193,15 @@ def profile_full_step(case: Case, device: torch.device, precision: str, channels
     """torch.profiler table (self time) of a few full steps, with the step's parts as ranges."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    full, _ = build_pair(case, device, precision, channels_last)
-    images, aspect = make_batch(case, device)
-    full(images, aspect)
+    engine, batch = full_engine(case, device, precision, channels_last)
+    engine.train_step(batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    augment, criterion, optimizer = full.augment, full.criterion, full.optimizer
-
-    # wrap the parts in named ranges without changing the step
-    def aug(*a, **k):
-        with record_function("## augment"):
-            return augment(*a, **k)
-
-    def crit(*a, **k):
-        with record_function("## ntxent"):
-            return criterion(*a, **k)
-
-    orig_step = optimizer.step
-
-    def opt_step(*a, **k):
-        with record_function("## optimizer.step"):
-            return orig_step(*a, **k)
-
-    full.augment, full.criterion, optimizer.step = aug, crit, opt_step
+    wrap(engine.step, "augment", lambda: record_function("## augment"))
+    wrap(engine.step, "criterion", lambda: record_function("## ntxent"))
+    wrap(engine.optimizer, "step", lambda: record_function("## optimizer.step"))
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            full(images, aspect)
+            engine.train_step(batch)
         sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     ranges = [e for e in prof.key_averages() if e.key.startswith("## ")]
@@ -288,7 +221,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=7, help="timed steps of each kind (median)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU (as the trainer)")
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU (as a training run)")
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--breakdown", action="store_true", help="also time each part of the full step")
@@ -300,8 +233,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
+    precision = "bf16" if autocast_dtype(args.precision, device) is not None else "fp32"
+    channels_last = use_channels_last(args.channels_last, device)
     cases = args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES)
     warmup, steps = (1, 1) if args.quick else (args.warmup, args.steps)
 
@@ -324,15 +257,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
           "Fastest/slowest timed step: " + "; ".join(
               f"{r['case'].model} full {r['spread'][0]:.2f}, bare {r['spread'][1]:.2f}" for r in results))
     if args.breakdown:
-        names = ["augment", "forward", "loss", "backward", "optimizer", "bookkeeping"]
         print("\nmedian ms per part of each step (synchronised, measured after the timed steps):\n")
         table = []
         for r in results:
             for kind, parts in (("full", r["parts"]), ("bare", r["bare_parts"])):
                 table.append([r["case"].model, r["case"].size, r["case"].batch, kind,
-                              *[f"{1e3 * parts[k]:.1f}" if k in parts else "-" for k in names],
+                              *[f"{1e3 * parts[k]:.1f}" if k in parts else "-" for k in PARTS],
                               f"{1e3 * sum(parts.values()):.1f}"])
-        print(markdown_table(["model", "px", "batch", "step", *names, "total"], table))
+        print(markdown_table(["model", "px", "batch", "step", *PARTS, "total"], table))
     if args.profile:
         for c in cases:
             print()

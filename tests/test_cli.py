@@ -42,3 +42,63 @@ def test_debug_shows_the_traceback_and_still_exits_2(tmp_path, capsys):
     assert main(["--debug", "evaluate", "--model", str(missing)]) == 2
     debug = capsys.readouterr().err
     assert "Traceback" in debug and debug.strip().splitlines()[-1] == plain.strip()
+
+
+def _one_line(capsys, fragment):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and fragment in err[-1], err
+    return err
+
+
+TINY = ["--data", "digits", "--model", "r18_0.125x_sk0", "--image-size", "16", "--epochs", "1",
+        "--batch-size", "128", "--workers", "0", "--no-knn-monitor"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["pretrain", *TINY, "--device", "cuda"], "--device cuda, but this machine has no usable CUDA GPU"),
+    (["pretrain", *TINY, "--image-size", "100000"], "'image_size' must be <= 2048"),
+    (["predict", "--model", "m.pt", "--batch-size", "0", "x.png"], "--batch-size: must be at least 1"),
+    (["predict", "--model", "m.pt", "--top-k", "0", "x.png"], "--top-k: must be at least 1"),
+    (["evaluate", "--model", "m.pt", "--image-size", "99999"], "must be from 8 to 2048 pixels"),
+])
+def test_bad_values_are_refused_before_any_work(tmp_path, capsys, args, fragment):
+    from simclrv2.cli import main
+    out = tmp_path / "out"
+    try:
+        code = main([*args, "--out", str(out)] if args[0] == "pretrain" else args)
+    except SystemExit as exc:  # argparse: usage line, then the error, exit code 2
+        code = exc.code
+    assert code == 2
+    _one_line(capsys, fragment)
+    assert not out.exists()
+
+
+def test_disk_full_read_only_and_missing_extras_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    import errno
+    import sys
+
+    from simclrv2 import checkpoint
+    from simclrv2.cli import main
+
+    # a read-only place (the parent cannot be created)
+    assert main(["pretrain", *TINY, "--out", "/proc/simclrv2-test/run"]) == 2
+    assert len(_one_line(capsys, "cannot write or read /proc/simclrv2-test")) == 1
+
+    # a full disk when the first checkpoint is written
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", full)
+    assert main(["pretrain", *TINY, "--checkpoint-every", "2", "--out", str(tmp_path / "full")]) == 2
+    _one_line(capsys, "No space left on device: free disk space")
+    monkeypatch.undo()
+
+    # --tensorboard without tensorboard installed; export --format onnx without onnx
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    assert main(["pretrain", *TINY, "--tensorboard", "--out", str(tmp_path / "tb")]) == 2
+    _one_line(capsys, "pip install 'simclrv2[tensorboard]'")
+    assert not (tmp_path / "tb").exists()
+    from simclrv2.convert import export
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None)
+    assert main(["export", "--model", "m.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    _one_line(capsys, "pip install 'simclrv2[onnx]'")

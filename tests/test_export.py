@@ -15,6 +15,7 @@ from simclrv2.convert import export
 from simclrv2.convert.export import export_model
 from simclrv2.errors import UserError
 from simclrv2.models import build_model, classifier_config, contrastive_config
+from simclrv2.record import Record
 
 CLASSES = ["cat", "dog", "eel", "fox", "gnu", "hen", "owl"]
 
@@ -38,8 +39,9 @@ def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def make_checkpoint(path, config, names=None, seed=0):
     model = randomised(build_model(config), seed)
-    save_checkpoint({"stage": "finetune", "model_config": config, "model": model.state_dict(),
-                     "class_names": names}, path)
+    size = 32 if config["small_images"] else 224
+    record = Record("finetune", config, size, names)
+    save_checkpoint({"record": record.to_data(), "model": model.state_dict()}, path)
     return model
 
 
@@ -131,7 +133,7 @@ def test_safetensors_reload_into_build_model_gives_identical_tensors(classifier,
 
 def test_a_model_without_classifier_must_be_fine_tuned_first(tmp_path):
     config = contrastive_config("r18_0.25x_sk0", small_images=True)
-    save_checkpoint({"stage": "pretrain", "model_config": config, "model": build_model(config).state_dict()},
+    save_checkpoint({"record": Record("pretrain", config, 32).to_data(), "model": build_model(config).state_dict()},
                     tmp_path / "pretrained.pt")
     with pytest.raises(UserError, match="without a classifier: fine-tune it first") as err:
         export_model(tmp_path / "pretrained.pt", "onnx", tmp_path / "x.onnx")

@@ -34,7 +34,7 @@ from simclrv2.checkpoint import save_checkpoint, load_checkpoint
 from simclrv2.config import from_mapping, load_yaml
 from simclrv2.data import BadImage, load_rgb, open_images
 from simclrv2.errors import UserError
-from simclrv2.train.pretrain import PretrainConfig
+from simclrv2.stages.pretrain import PretrainConfig
 
 # SIMCLRV2_FUZZ_EXAMPLES=5000 runs a longer campaign; the default keeps the suite fast.
 # Pillow and torch warn about the garbage they are fed (corrupt EXIF, odd pickle protocols).
@@ -283,10 +283,11 @@ def test_every_seed_image_decodes(scratch):
 def _seed_checkpoint() -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "ckpt.pt"
-        save_checkpoint({"stage": "pretrain", "model_config": {"kind": "contrastive", "encoder": "r18_1x_sk0"},
-                         "model": {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
-                                   "b": torch.zeros(3, dtype=torch.int64)},
-                         "step": 3, "config": {"lr": 0.1, "model": "r18_1x_sk0"}}, path)
+        record = {"stage": "pretrain", "model_config": {"kind": "contrastive", "encoder": "r18_1x_sk0"},
+                  "image_size": 32, "config": {"lr": 0.1, "model": "r18_1x_sk0"}}
+        save_checkpoint({"record": record, "model": {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+                                                     "b": torch.zeros(3, dtype=torch.int64)},
+                         "progress": {"step": 3}}, path)
         return path.read_bytes()
 
 

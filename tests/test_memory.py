@@ -46,7 +46,7 @@ def test_memory_state_round_trips_bit_for_bit(tmp_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p))
     ema.update(model)
-    path = save_checkpoint({"stage": "t", "model_config": {}, "model": {},
+    path = save_checkpoint({"record": {}, "model": {},
                             "state": {"ema": ema.state_dict(), "queue": queue.state_dict()}}, tmp_path / "c.pt")
     payload = load_checkpoint(path)
     ema2 = MomentumEncoder(build_model(contrastive_config("r18_0.25x_sk0", small_images=True, head_out_dim=8)), 0.99)

@@ -82,10 +82,10 @@ def test_every_preset_plans(tmp_path):
     for name in PIPELINE_PRESETS:
         cfg = load_pipeline_config(str(packaged_config(name)), [f"out={tmp_path / name}"])
         stages = plan(cfg)
-        assert stages[0].name == "pretrain" and any(s.kind == "distill" for s in stages)
+        assert stages[0].id.folder == "pretrain" and any(s.id.kind == "distill" for s in stages)
     imagenet = plan(load_pipeline_config(str(packaged_config("imagenet")), [f"out={tmp_path}"]))
     assert imagenet[0].cfg.batch_size == 4096 and imagenet[0].cfg.memory == 65536
-    assert {s.cfg.student for s in imagenet if s.kind == "distill"} == {None, "r50_1x_sk0"}
+    assert {s.cfg.student for s in imagenet if s.id.kind == "distill"} == {None, "r50_1x_sk0"}
     # the pipeline preset and the per-stage presets agree with each other and with SPEC
     from simclrv2.config import load_yaml
     stage_presets = {name: load_yaml(str(packaged_config(name))) for name in (
@@ -93,18 +93,18 @@ def test_every_preset_plans(tmp_path):
         "imagenet_distill_r50", "imagenet_linear_eval")}
     assert stage_presets["imagenet_finetune_1pct"]["epochs"] == 60
     assert stage_presets["imagenet_finetune_10pct"]["epochs"] == 30
-    finetunes = [s for s in imagenet if s.name.startswith("finetune_")]
+    finetunes = [s for s in imagenet if s.id.kind == "finetune"]
     assert [s.cfg.epochs for s in finetunes] == [None, None]  # finetune's per-fraction defaults (test_finetune)
     for stage in imagenet:
         preset = {"pretrain": "imagenet_pretrain", "linear_eval": "imagenet_linear_eval",
                   "distill": "imagenet_distill_r50" if getattr(stage.cfg, "student", None) else "imagenet_distill_self",
-                  }.get(stage.kind)
+                  }.get(stage.id.kind)
         if preset is None:
             continue
         for key, value in stage_presets[preset].items():
             # (the pipeline leaves the distillation temperature to its default by student: 0.1 / 1.0)
             if key not in ("image_size", "model", "checkpoint_epochs", "workers", "temperature"):
-                assert getattr(stage.cfg, key) == value, (stage.name, key)
+                assert getattr(stage.cfg, key) == value, (stage.id, key)
 
 
 def test_label_slugs():

@@ -1,4 +1,4 @@
-"""Importing official SimCLRv2 TensorFlow checkpoints (``simclrv2.convert.tf_import``).
+"""Importing official SimCLRv2 TensorFlow checkpoints (``simclrv2.convert.tf_*``).
 
 The checkpoints are written here with TensorFlow (``pip install tensorflow-cpu``; the tests that
 need it skip without it) by a small TF model whose object graph follows the official TF2 code
@@ -19,15 +19,10 @@ import pytest
 import torch
 
 from simclrv2.checkpoint import load_checkpoint
-from simclrv2.convert import tf_import
-from simclrv2.convert.tf_import import (
-    TF1Layout,
-    TF2Layout,
-    convert_tf_checkpoint,
-    crc32c,
-    import_tf_checkpoint,
-    model_entries,
-)
+from simclrv2.convert import tf_bundle, tf_import
+from simclrv2.convert.tf_bundle import crc32c
+from simclrv2.convert.tf_import import convert_tf_checkpoint, import_tf_checkpoint
+from simclrv2.convert.tf_layouts import TF1Layout, TF2Layout, model_entries, tf_shape
 from simclrv2.errors import UserError
 from simclrv2.models import build_model, classifier_config, contrastive_config
 
@@ -352,7 +347,7 @@ def save_tf1(tf, tensors: dict[str, np.ndarray], prefix) -> str:
 
 
 def torch_outputs(payload, images: np.ndarray):
-    model = build_model(payload["model_config"])
+    model = build_model(payload["record"]["model_config"])
     model.load_state_dict(payload["model"], strict=True)
     model.eval()
     with torch.no_grad():
@@ -392,7 +387,7 @@ def test_crc32c_matches_reference_values_at_every_size():
     rng = np.random.default_rng(0)
     for n in (0, 1, 2047, 2048, 4099, 65536 + 3, 1 << 20):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        assert crc32c(data) == tf_import._crc_bytes(data), n
+        assert crc32c(data) == tf_bundle._crc_bytes(data), n
 
 
 def test_tf2_layout_is_exactly_the_official_key_list(shared_dir):
@@ -402,7 +397,7 @@ def test_tf2_layout_is_exactly_the_official_key_list(shared_dir):
         model = build_model(config)
     state = model.state_dict()
     entries = model_entries(model, config, TF2Layout())
-    mapped = {e.tf_key: tf_import._tf_shape(e.kind, state[e.ours].shape) for e in entries}
+    mapped = {e.tf_key: tf_shape(e.kind, state[e.ours].shape) for e in entries}
     bookkeeping = {"_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter" + TF2_SUFFIX}
     assert mapped == {k: v for k, v in reference.items() if k not in bookkeeping}
     assert len({e.ours for e in entries}) == len(entries)
@@ -427,7 +422,7 @@ def test_tf1_numbering_matches_the_official_creation_order(shared_dir):
         model = build_model(config)
     state = model.state_dict()
     entries = model_entries(model, config, TF1Layout())
-    assert {e.tf_key: tf_import._tf_shape(e.kind, state[e.ours].shape) for e in entries} == expected
+    assert {e.tf_key: tf_shape(e.kind, state[e.ours].shape) for e in entries} == expected
     # The first block's projection shortcut is created before its 1x1 conv.
     by_key = {e.tf_key: e.ours for e in entries}
     assert by_key["base_model/conv2d_3/kernel"] == "encoder.layer1.0.shortcut.conv.weight"
@@ -475,12 +470,13 @@ def test_official_r50_1x_sk1_tf2_checkpoint_converts_exactly(tf, shared_dir, tmp
 
     out = import_tf_checkpoint(tmp_path, "r50_1x_sk1", tmp_path / "r50.pt")
     payload = load_checkpoint(out)
-    report = payload["source"]["report"]
+    report = payload["record"]["config"]["report"]
     assert report["mapped"] == 387 and report["reader"] == "builtin" and report["format"] == "tf2"
     assert report["ignored"] == {"object graph": 1, "step counter": 1}
-    assert payload["stage"] == "import" and payload["class_names"][:2] == ["0", "1"]
-    assert len(payload["class_names"]) == 1000
-    assert payload["model_config"]["kind"] == "contrastive"
+    record = payload["record"]
+    assert record["stage"] == "import" and record["class_names"][:2] == ["0", "1"]
+    assert len(record["class_names"]) == 1000 and record["image_size"] == 224
+    assert record["model_config"]["kind"] == "contrastive"
     state = payload["model"]
 
     def same(ours: str, tf_var, layout: str = "vector"):
@@ -549,7 +545,7 @@ def test_builtin_reader_reads_the_common_dtypes_as_tensorflow_does(tf, tmp_path)
     module.bfloat16 = tf.Variable(tf.constant(rng.standard_normal((2, 3)), dtype=tf.bfloat16))
     module.scalar = tf.Variable(3.5)
     prefix = tf.train.Checkpoint(m=module).save(str(tmp_path / "dtypes"))
-    ours = tf_import.TensorBundleReader(prefix)
+    ours = tf_bundle.TensorBundleReader(prefix)
     theirs = tf.train.load_checkpoint(prefix)
     keys = [k for k in ours.shapes() if k.startswith("m/")]
     assert len(keys) == 7
@@ -600,9 +596,9 @@ def test_tensorflow_reads_what_the_builtin_reader_leaves(tf, small_tf2, monkeypa
     model, prefix = small_tf2
 
     def unsupported(self, prefix, verify=True):
-        raise tf_import.BundleUnsupported("a feature the test pretends not to know")
+        raise tf_bundle.BundleUnsupported("a feature the test pretends not to know")
 
-    monkeypatch.setattr(tf_import.TensorBundleReader, "__init__", unsupported)
+    monkeypatch.setattr(tf_bundle.TensorBundleReader, "__init__", unsupported)
     result = convert_tf_checkpoint(prefix, "r50_0.25x_sk1")
     assert result.report.reader == "tensorflow"
     x = images(2, 64)
@@ -676,7 +672,7 @@ def test_import_tf_command_prints_a_one_paragraph_report(small_tf2, tmp_path, ca
     assert re.search(r"mapped \d+ tensors .*ignored 11 \(object graph 1, projection layers above "
                      r"--head-layer 9, step counter 1\)", printed), printed
     payload = load_checkpoint(out)
-    assert payload["model_config"] == classifier_config("r50_0.25x_sk1", 10, head_layer=1)
+    assert payload["record"]["model_config"] == classifier_config("r50_0.25x_sk1", 10, head_layer=1)
     help_text = parser._subparsers._group_actions[0].choices["import-tf"].format_help()
     assert "--head-layer J" in help_text and "finetuned_1pct" in help_text
 
@@ -687,11 +683,12 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
     from simclrv2.config import from_mapping
     from simclrv2.data import open_images
     from simclrv2.distributed import single_process
-    from simclrv2.train.distill import DistillConfig, distill
-    from simclrv2.train.evaluate import evaluate
-    from simclrv2.train.finetune import FinetuneConfig, finetune
-    from simclrv2.train.linear_eval import LinearEvalConfig, linear_eval
-    from simclrv2.train.setup import eval_loader
+    from simclrv2.evaluate import evaluate
+    from simclrv2.metrics import eval_loader
+    from simclrv2.stages import run
+    from simclrv2.stages.distill import DistillConfig
+    from simclrv2.stages.finetune import FinetuneConfig
+    from simclrv2.stages.linear_eval import LinearEvalConfig
 
     model, prefix = small_tf2
     pretrained = import_tf_checkpoint(prefix, "r50_0.25x_sk1", tmp_path / "pretrained.pt")
@@ -713,7 +710,7 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
 
     # fine-tune at lr 0 from the import: the classifier starts from exactly the TF weights
     tuned = tmp_path / "finetune"
-    finetune(from_mapping(FinetuneConfig, {**common, "init": str(pretrained), "out": str(tuned),
+    run(from_mapping(FinetuneConfig, {**common, "from": str(pretrained), "out": str(tuned),
                                            "labels": "2/class", "head_layer": "1", "epochs": 1, "lr": 0.0}))
     source = load_checkpoint(pretrained)["model"]
     weights = load_checkpoint(tuned / "model.pt")["model"]
@@ -722,10 +719,10 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
     assert len(encoder) > 50 and all(torch.equal(weights[k], source[k]) for k in encoder)
 
     # linear evaluation on the imported features, and distillation from the imported classifier
-    probe = linear_eval(from_mapping(LinearEvalConfig, {**common, "init": str(pretrained),
+    probe = run(from_mapping(LinearEvalConfig, {**common, "from": str(pretrained),
                                                         "out": str(tmp_path / "linear"), "epochs": 1}))
     assert 0.0 <= probe["holdout_top1"] <= 1.0
-    student = distill(from_mapping(DistillConfig, {**common, "teacher": str(classifier), "student": "r18_0.125x_sk0",
+    student = run(from_mapping(DistillConfig, {**common, "teacher": str(classifier), "student": "r18_0.125x_sk0",
                                                    "out": str(tmp_path / "distill"), "epochs": 1, "batch_size": 128}))
     assert student["student"] == "r18_0.125x_sk0" and 0.0 <= student["holdout_top1"] <= 1.0
-    assert load_checkpoint(tmp_path / "distill" / "model.pt")["model_config"]["encoder"] == "r18_0.125x_sk0"
+    assert load_checkpoint(tmp_path / "distill" / "model.pt")["record"]["model_config"]["encoder"] == "r18_0.125x_sk0"

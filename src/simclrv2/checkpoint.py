@@ -7,10 +7,10 @@ and renamed over the target (``os.replace``), so a crash leaves either the old f
 one, never half of one. A ``.sha256`` file beside each checkpoint lets a load detect a file
 that was damaged later (truncated copy, bit rot); loading falls back to an older checkpoint.
 
-Keys every checkpoint has: ``format``, ``version``, ``stage``, ``model_config`` (plain data that
-rebuilds the network, see ``simclrv2.models.build_model``) and ``model`` (its state dict).
-Training checkpoints add ``step``, ``epoch``, ``optimizer``, ``config`` and stage-specific
-state; ``class_names`` is there whenever the model classifies.
+Keys every checkpoint has: ``format``, ``version``, ``record`` (how the network was made, see
+``simclrv2.record``; it rebuilds the network without code) and ``model`` (its state dict).
+Training checkpoints add ``progress``, ``optimizer``, ``rng`` and the step's own state;
+``model.pt`` adds ``result``. Version-1 files kept the record's keys at the top level.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 FORMAT = "simclrv2-checkpoint"
-VERSION = 1
+VERSION = 2
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
@@ -97,8 +97,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 def plain_data(obj: Any, where: str = "checkpoint") -> Any:
     """``obj`` with NumPy values turned into Python numbers / tensors; TypeError for anything
     that ``weights_only`` loading would refuse (so a bad checkpoint fails when written, not read)."""
-    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (str, bool, int, float)):
+    if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (str, bool, int, float):
         return obj
+    if isinstance(obj, str):  # a str subclass (torch.__version__) would be pickled as its class
+        return str(obj)
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -178,7 +180,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if version > VERSION:
         raise UserError(f"checkpoint {path} has format version {payload['version']}, newer than this "
                         f"simclrv2 reads ({VERSION}): upgrade simclrv2")
-    for key in ("model_config", "model"):
+    for key in ("record" if version >= 2 else "model_config", "model"):
         if key not in payload:
             raise UserError(f"checkpoint {path} has no '{key}' entry: it is incomplete; re-create it")
     return payload

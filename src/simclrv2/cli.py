@@ -34,12 +34,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_stage(cfg_cls, run: Callable[[Any], dict]) -> Callable[[argparse.Namespace], int]:
+def _run_stage(stage) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from .config import from_args
+        from .engine import run
 
-        cfg = from_args(cfg_cls, args, args.config, args.set)
-        result = run(cfg)
+        cfg = from_args(stage.config, args, args.config, args.set)
+        result = run(cfg, stage.build)
         if is_main_process():
             print(json.dumps(result, indent=2, default=float))
         return 0
@@ -47,27 +48,25 @@ def _run_stage(cfg_cls, run: Callable[[Any], dict]) -> Callable[[argparse.Namesp
     return handler
 
 
-def add_stage_command(sub, name: str, cfg_cls, run: Callable[[Any], dict], help: str,
-                      resumable: bool = True) -> argparse.ArgumentParser:
-    """A training/evaluation sub-command whose flags come from ``cfg_cls``."""
+def add_stage_command(sub, stage) -> argparse.ArgumentParser:
+    """A training sub-command whose flags come from the stage's config dataclass."""
     from .config import add_arguments
 
-    doc = (cfg_cls.__doc__ or "").strip()
-    p = sub.add_parser(name, help=help, description=f"{help}. {doc}")
+    doc = (stage.config.__doc__ or "").strip()
+    p = sub.add_parser(stage.command, help=stage.help, description=f"{stage.help}. {doc}")
     p.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below (flags override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting of --config (repeatable)")
-    if resumable:
-        p.add_argument("--resume", nargs="?", const="auto", default=argparse.SUPPRESS, metavar="CKPT",
-                       help="continue an interrupted run: from CKPT, or without a value from the latest good "
-                            "checkpoint in --out")
-    add_arguments(p, cfg_cls)
-    p.set_defaults(func=_run_stage(cfg_cls, run))
+    p.add_argument("--resume", nargs="?", const="auto", default=argparse.SUPPRESS, metavar="CKPT",
+                   help="continue an interrupted run: from CKPT, or without a value from the latest good "
+                        "checkpoint in --out")
+    add_arguments(p, stage.config)
+    p.set_defaults(func=_run_stage(stage))
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train.pretrain import PretrainConfig, pretrain
+    from .stages import STAGES
 
     parser = argparse.ArgumentParser(
         prog="simclrv2",
@@ -80,31 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered encoders and their parameter counts",
                        description=cmd_models.__doc__)
     p.set_defaults(func=cmd_models)
-    add_stage_command(sub, "pretrain", PretrainConfig, pretrain,
-                      "step 1: contrastive pretraining on unlabeled images")
-    from .train.finetune import FinetuneConfig, finetune
-    from .train.linear_eval import LinearEvalConfig, linear_eval
-
-    add_stage_command(sub, "finetune", FinetuneConfig, finetune,
-                      "step 2: fine-tune a pretrained network on the labeled images (or --from scratch)")
-    add_stage_command(sub, "linear-eval", LinearEvalConfig, linear_eval,
-                      "linear classifier on frozen features (the standard representation measure)")
-    from .train.distill import DistillConfig, distill
-
-    add_stage_command(sub, "distill", DistillConfig, distill,
-                      "step 3: distill a fine-tuned teacher into a student on unlabeled images")
+    for stage in STAGES.values():
+        add_stage_command(sub, stage)
+    from . import evaluate, pipeline, predict, report
     from .convert import export, tf_import
-    from .train import evaluate, predict
 
     evaluate.register(sub)
     predict.register(sub)
-    from . import pipeline, report
-
     pipeline.register(sub)
     report.register(sub)
     tf_import.register(sub)
     export.register(sub)
     return parser
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix (disk, memory), else None."""
+    if isinstance(exc, OSError):
+        what = f"{exc.filename}: " if exc.filename else ""
+        return f"cannot write or read {what}{exc.strerror or exc}: free disk space, fix the permissions, or choose " \
+               "another --out"
+    import torch
+
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
+            isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))):
+        return "out of memory: lower --batch-size (or --image-size)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun the other ranks log only warnings and errors: one progress log, not N.
     level = logging.INFO if is_main_process() else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    from .train.loop import Preempted
+    from .engine import Preempted
 
     try:
         return args.func(args)
@@ -129,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         print("simclrv2: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError) and not args.debug:
-            print("simclrv2: error: out of memory: lower --batch-size (or --image-size)", file=sys.stderr)
-            return EXIT_USER_ERROR
-        raise
+        message = user_error(exc)
+        if message is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"simclrv2: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     finally:
         from . import distributed
 

@@ -15,7 +15,7 @@ import math
 import reprlib
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -43,11 +43,69 @@ def _name(key: str) -> str:
 
 def option(default: Any = None, help: str = "", *, choices: tuple | None = None, minimum: float | None = None,
            maximum: float | None = None, exclusive_minimum: bool = False, required: bool = False,
-           flag: str | None = None, cli: bool = True) -> Any:
-    """A dataclass field with what the CLI and the validator need to know about it."""
+           key: str | None = None, cli: bool = True, path: bool = False) -> Any:
+    """A dataclass field with what the CLI and the validator need to know about it.
+
+    ``key``: the name users write (YAML key, and ``--key`` on the command line) when it cannot be
+    the attribute's (``from`` is a Python keyword). ``path``: the value names a file or folder (it
+    may differ when a run folder is moved and resumed).
+    """
     meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
-            "exclusive_minimum": exclusive_minimum, "required": required, "flag": flag, "cli": cli}
+            "exclusive_minimum": exclusive_minimum, "required": required, "key": key, "cli": cli,
+            "path": path}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def user_key(f: dataclasses.Field) -> str:
+    """The name users write for a field: its ``key``, else the attribute name."""
+    return f.metadata.get("key") or f.name
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return "--" + user_key(f).replace("_", "-")
+
+
+def defaults(**changes: Any):
+    """Class decorator (under ``@dataclass``): new defaults for inherited options of one stage.
+
+    Each value is the new default, or ``Changed(default, help, type=...)`` to also change the help
+    text or type. Limits, choices and the flag stay those of the option group, declared once.
+    """
+
+    def wrap(cls):
+        inherited = {f.name: f for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)
+                     for f in reversed(dataclasses.fields(base))}
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for name, value in changes.items():
+            base = inherited[name]
+            new = value if isinstance(value, Changed) else Changed(value)
+            hint = new.type if new.type is not None else _hints(_owner(cls, name))[name]
+            meta = dict(base.metadata)
+            if new.help is not None:
+                meta["help"] = new.help
+            annotations[name] = hint
+            setattr(cls, name, dataclasses.field(default=new.default, metadata=meta))
+        cls.__annotations__ = annotations
+        return cls
+
+    return wrap
+
+
+@dataclasses.dataclass(frozen=True)
+class Changed:
+    """A changed default for ``defaults``: the value, and optionally new help text or type."""
+
+    default: Any
+    help: str | None = None
+    type: Any = None
+
+
+
+def _owner(cls, name: str):
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base) and name in base.__dict__.get("__annotations__", {}):
+            return base
+    raise KeyError(name)
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -130,12 +188,11 @@ def validate(cfg: Any, prefix: str = "") -> Any:
     """Type- and range-check every field of a config dataclass in place; returns it."""
     hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        where = f"config key '{prefix}{f.name}'"
+        where = f"config key '{prefix}{user_key(f)}'"
         value = coerce(getattr(cfg, f.name), hints[f.name], where)
         _check_limits(value, f.metadata, where)
         if f.metadata.get("required") and value in (None, ""):
-            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            raise UserError(f"{where} is required (on the command line: {flag})")
+            raise UserError(f"{where} is required (on the command line: {flag_of(f)})")
         setattr(cfg, f.name, value)
     check = getattr(cfg, "check", None)
     if check is not None:
@@ -155,16 +212,16 @@ def from_mapping(cls, data: dict[str, Any] | None, prefix: str = "") -> Any:
         where = f"config section '{_name(prefix.rstrip('.'))}'" if prefix else "a config"
         raise UserError(f"{where} must be a mapping of keys to values, got {_show(data)}")
     data = dict(data or {})
-    names = [f.name for f in dataclasses.fields(cls)]
+    attribute = {user_key(f): f.name for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in names:
-            raise unknown_key_error(str(key), names, prefix)
-    return validate(cls(**data), prefix)
+        if key not in attribute:
+            raise unknown_key_error(str(key), list(attribute), prefix)
+    return validate(cls(**{attribute[k]: v for k, v in data.items()}), prefix)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config as plain data (for YAML files and checkpoints)."""
-    return dataclasses.asdict(cfg)
+    """A config as plain data under the users' keys (for YAML files and checkpoints)."""
+    return {user_key(f): getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -218,7 +275,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field: ``--field-name`` (or the field's ``flag``), booleans as --x/--no-x.
+    """One flag per field: ``--field-name`` (or ``--key``), booleans as --x/--no-x.
 
     Defaults are suppressed so that only flags the user gave override a config file.
     """
@@ -227,7 +284,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         meta = f.metadata
         if not meta.get("cli", True):
             continue
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        flag = flag_of(f)
         base, _ = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = meta.get("help", "")
@@ -253,10 +310,9 @@ def from_args(cls, args: argparse.Namespace, config_path: str | None = None,
     """Config from an optional YAML file, then ``--set`` overrides, then explicit flags."""
     data = load_yaml(config_path) if config_path else {}
     data = apply_overrides(data, overrides or [])
-    names = {f.name for f in dataclasses.fields(cls)}
-    for name in names:
-        if hasattr(args, name):
-            data[name] = getattr(args, name)
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            data[user_key(f)] = getattr(args, f.name)
     return from_mapping(cls, data)
 
 
@@ -264,3 +320,129 @@ def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     from .checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+# -- The option groups every training stage composes ------------------------------------------
+# A stage's config is StageConfig plus its own options; it changes a group's defaults with
+# ``@defaults(...)``, never by declaring the option again.
+
+MAX_IMAGE_SIZE = 2048  # a 100,000 px side would be killed by the kernel, not refused
+
+
+@dataclasses.dataclass
+class DataOptions:
+    """Which images, at what size, and which are held out."""
+
+    data: str = option("", "training images: a folder, a CSV/TSV list, or 'digits'", required=True, path=True)
+    eval_data: Optional[str] = option(None, "held-out images for evaluation (else --holdout of --data)", path=True)
+    holdout: float = option(0.0, "fraction of --data held out for evaluation when --eval-data is not "
+                            "given (stratified, seeded, never trained on)", minimum=0, maximum=0.9)
+    image_size: int = option(224, "side of the training images in pixels", minimum=8, maximum=MAX_IMAGE_SIZE)
+    load_size: Optional[int] = option(None, "side of the squashed images the loader hands to the "
+                                      "device (default: image size * 8/7, or the image size at <= 32 px)",
+                                      minimum=8, maximum=MAX_IMAGE_SIZE)
+    small_images: str = option("auto", "CIFAR stem (3x3/1 conv, no max pool): auto = image size <= 32",
+                               choices=("auto", "on", "off"))
+    seed: int = option(0, "random seed (data order, augmentations, initialisation)", minimum=0)
+
+    def uses_small_images(self) -> bool:
+        return self.small_images == "on" or (self.small_images == "auto" and self.image_size <= 32)
+
+    def resolved_load_size(self) -> int:
+        if self.load_size:
+            return self.load_size
+        return self.image_size if self.image_size <= 32 else int(round(self.image_size * 8 / 7))
+
+
+@dataclasses.dataclass
+class OptimOptions:
+    """The optimizer and its per-step schedule: linear warmup, then cosine decay to 0."""
+
+    epochs: int = option(100, "training epochs", minimum=1)
+    batch_size: int = option(512, "global batch size (all processes together)", minimum=2)
+    optimizer: str = option("lars", "optimizer", choices=("lars", "sgd", "adamw"))
+    lr: float = option(0.1, "base learning rate, scaled by --lr-scaling", minimum=0)
+    lr_scaling: str = option("sqrt", "learning-rate scaling: linear (lr*B/256) or sqrt (lr*sqrt(B))",
+                             choices=("linear", "sqrt"))
+    warmup_epochs: float = option(10.0, "linear warmup epochs before the cosine decay", minimum=0)
+    weight_decay: float = option(1e-4, "weight decay (BN parameters and biases excluded)", minimum=0)
+    momentum: float = option(0.9, "optimizer momentum", minimum=0, maximum=0.9999)
+
+
+@dataclasses.dataclass
+class RecipeOptions:
+    """The augmentation and batch-norm settings every stage's recipe has."""
+
+    flip: bool = option(True, "random horizontal flips")
+    crop_min_area: float = option(0.08, "smallest random-crop area fraction", minimum=0.01, maximum=1.0)
+    global_bn: bool = option(True, "BN statistics over the global batch when distributed")
+
+
+@dataclasses.dataclass
+class RuntimeOptions:
+    """Where and how the computation runs; changing these never changes what is trained."""
+
+    device: str = option("auto", "training device", choices=("auto", "cpu", "cuda"))
+    precision: str = option("auto", "bf16 autocast or fp32 (auto: bf16 on GPU, fp32 on CPU)",
+                            choices=("auto", "bf16", "fp32"))
+    channels_last: str = option("auto", "channels-last memory format (auto: on GPU)",
+                                choices=("auto", "on", "off"))
+    compile: bool = option(False, "torch.compile the model")
+    workers: Optional[int] = option(None, "decoding worker processes (default: cores - 1, at most 8)",
+                                    minimum=0)
+    cache: str = option("auto", "keep decoded images in memory (auto: when they fit in 2 GiB)",
+                        choices=("auto", "on", "off"))
+    strict_data: bool = option(False, "stop at the first unreadable image instead of skipping it")
+    on_nan: str = option("stop", "non-finite loss: stop (last good checkpoint kept) or skip the step "
+                         "(skipping reads the loss every step)", choices=("stop", "skip"))
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The run folder: where results go, how often checkpoints are written, resuming."""
+
+    out: str = option("", "run folder for checkpoints, metrics and the final model", required=True)
+    overwrite: bool = option(False, "replace a finished or unfinished run in --out (after every input "
+                             "is checked)")
+    resume: Optional[str] = option(None, "continue from this checkpoint, or 'auto' for the latest good "
+                                   "one in the run folder", cli=False)
+    log_every: int = option(10, "steps between metric lines", minimum=1)
+    checkpoint_every: int = option(0, "steps between checkpoints (0: only every --checkpoint-epochs)",
+                                   minimum=0)
+    checkpoint_epochs: int = option(1, "epochs between checkpoints", minimum=1)
+    keep_checkpoints: int = option(3, "checkpoints kept in the run folder", minimum=1)
+    tensorboard: Optional[bool] = option(None, "also write TensorBoard logs (needs the tensorboard extra; "
+                                         "default: when it is installed)")
+
+
+@dataclasses.dataclass
+class StageConfig(RunOptions, RuntimeOptions, RecipeOptions, OptimOptions, DataOptions):
+    """Settings every training stage has, as option groups (fields in --help: data first)."""
+
+
+def resumable_changes(cls) -> frozenset[str]:
+    """The keys of a stage config that may differ when a run is resumed: how it runs and where
+    its files are (a moved run folder), not what is trained."""
+    runtime = {f.name for group in (RunOptions, RuntimeOptions) for f in dataclasses.fields(group)}
+    return frozenset(user_key(f) for f in dataclasses.fields(cls) if f.name in runtime or f.metadata.get("path"))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--top-k 0`` is a usage error, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > 1 << 20:
+        raise argparse.ArgumentTypeError(f"must be at most {1 << 20}, got {value}")
+    return value
+
+
+def image_side(text: str) -> int:
+    """An argparse type: an image side from 8 to MAX_IMAGE_SIZE pixels."""
+    value = positive_int(text)
+    if not 8 <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from 8 to {MAX_IMAGE_SIZE} pixels, got {value}")
+    return value

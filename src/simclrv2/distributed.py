@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -53,12 +55,24 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without one is a UserError."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda, but this machine has no usable CUDA GPU (or torch is a CPU build): "
+                        "use --device cpu, or install the CUDA build of torch")
+    return device
+
+
 def setup(device: str = "auto") -> Runtime:
     """Pick the device and, under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
+    if device == "cuda" and local_rank >= torch.cuda.device_count():
+        raise UserError(f"process {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible): "
+                        "start at most that many processes per node (torchrun --nproc-per-node)")
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -72,8 +86,7 @@ def setup(device: str = "auto") -> Runtime:
 
 def single_process(device: str = "auto") -> Runtime:
     """A Runtime for work one process does alone (evaluation, prediction): no process group."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

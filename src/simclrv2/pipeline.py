@@ -9,10 +9,10 @@ A pipeline config names the data once and gives each stage its settings::
     pretrain: {model: r18_1x_sk0, epochs: 100, ...}
     labels: ["1%", "10%"]     # fine-tune (and baseline, distill) once per label fraction
     finetune: {epochs: 60, ...}
-    baseline: {}              # the supervised baseline (--from scratch) over the finetune settings
+    supervised: {}            # the supervised baseline (--from scratch) over the finetune settings
     linear_eval: {}           # linear evaluation of the pretrained encoder
     distill: {epochs: 400, students: [self, r18_1x_sk0]}
-    skip: []                  # any of baseline, linear_eval, distill
+    skip: []                  # any of supervised, linear_eval, distill
 
 Stage folders: ``pretrain``, ``linear_eval``, ``finetune_1pct``, ``supervised_1pct``,
 ``distill_self_1pct``, ``distill_<encoder>_1pct``. Re-running the same command skips the
@@ -34,14 +34,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from .config import apply_overrides, from_mapping, load_yaml, option, save_yaml, unknown_key_error
+from .config import apply_overrides, from_mapping, load_yaml, option, save_yaml
 from .errors import UserError
 from .models import parse_model_name
 
 log = logging.getLogger("simclrv2")
 
 SHARED_KEYS = ("data", "eval_data", "holdout", "seed")
-OPTIONAL_STAGES = ("baseline", "linear_eval", "distill")
+OPTIONAL_STAGES = ("supervised", "linear_eval", "distill")
 PIPELINE_PRESETS = ("demo", "cifar", "imagenet")  # configs/*.yaml for `run`; the rest are per stage
 
 
@@ -56,13 +56,13 @@ class PipelineConfig:
     seed: int = option(0, "random seed of every stage", minimum=0)
     labels: Optional[List[str]] = option(None, "label fractions to fine-tune with (default ['1%', '10%']; "
                                          "'5/class', 'all' or subset files also work)")
-    skip: Optional[List[str]] = option(None, "optional stages to leave out: baseline, linear_eval, distill",
+    skip: Optional[List[str]] = option(None, "optional stages to leave out: supervised, linear_eval, distill",
                                        choices=OPTIONAL_STAGES)
     common: Optional[dict] = option(None, "settings every stage takes (e.g. workers, device, precision)")
     pretrain: Optional[dict] = option(None, "settings of `simclrv2 pretrain`")
     finetune: Optional[dict] = option(None, "settings of `simclrv2 finetune`")
-    baseline: Optional[dict] = option(None, "settings of the supervised baseline (`finetune --from scratch`), "
-                                      "over the fine-tuning ones")
+    supervised: Optional[dict] = option(None, "settings of the supervised baseline (`finetune --from scratch`), "
+                                        "over the fine-tuning ones")
     linear_eval: Optional[dict] = option(None, "settings of `simclrv2 linear-eval`")
     distill: Optional[dict] = option(None, "settings of `simclrv2 distill`, plus 'students': a list of "
                                      "encoders ('self' = the teacher's; default [self])")
@@ -74,15 +74,35 @@ class PipelineConfig:
         return stage not in (self.skip or [])
 
 
-@dataclass
-class Stage:
-    """One stage of the pipeline: its folder, config and the function that runs it."""
+@dataclass(frozen=True)
+class StageId:
+    """What a pipeline stage is: its kind, label spec and student. Its folder, its row in the
+    report and its results entry all come from here (nothing parses folder names)."""
 
-    name: str
-    kind: str
-    label: str | None
+    kind: str  # pretrain, linear_eval, finetune, supervised, distill
+    labels: Optional[str] = None
+    student: Optional[str] = None  # distill: "self" or the student's encoder
+
+    @property
+    def folder(self) -> str:
+        if self.kind in ("pretrain", "linear_eval"):
+            return self.kind
+        name = f"distill_{self.student}" if self.kind == "distill" else self.kind
+        return f"{name}_{label_slug(self.labels)}"
+
+    @property
+    def row(self) -> str:
+        """The report's row: the paper's name for the method."""
+        return {"pretrain": "pretrained", "linear_eval": "linear eval (all labels)", "finetune": "fine-tuned",
+                "supervised": "supervised baseline"}.get(self.kind, f"distilled ({self.student})")
+
+
+@dataclass
+class PlannedStage:
+    """One stage of the pipeline: what it is and its validated config."""
+
+    id: StageId
     cfg: Any
-    run: Callable[[Any], dict[str, Any]]
 
 
 def label_slug(label: str) -> str:
@@ -96,16 +116,9 @@ def _section(cfg: PipelineConfig, name: str) -> dict[str, Any]:
     return dict(getattr(cfg, name) or {})
 
 
-def _stage_config(cls, settings: dict[str, Any], where: str) -> Any:
-    return from_mapping(cls, settings, prefix=f"{where}.")
-
-
-def plan(cfg: PipelineConfig) -> list[Stage]:
+def plan(cfg: PipelineConfig) -> list[PlannedStage]:
     """Every stage with its validated config, in run order. Raises UserError before any work."""
-    from .train.distill import DistillConfig, distill
-    from .train.finetune import FinetuneConfig, finetune
-    from .train.linear_eval import LinearEvalConfig, linear_eval
-    from .train.pretrain import PretrainConfig, pretrain
+    from .stages import STAGES
 
     if not cfg.label_specs():
         raise UserError("config key 'labels' is empty: give at least one label fraction, e.g. ['1%']")
@@ -116,22 +129,24 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         if key in common:
             raise UserError(f"config key 'common.{key}' is set by the pipeline: move it to the top level"
                             if key in SHARED_KEYS else f"config key 'common.{key}' is set by the pipeline: remove it")
+    stages: list[PlannedStage] = []
 
-    def settings(section: dict[str, Any], folder: str, **fixed: Any) -> dict[str, Any]:
+    def add(stage_id: StageId, section: str, settings: dict[str, Any], **fixed: Any) -> Any:
         for key in ("out", "data", "resume"):
-            if key in section:
-                raise UserError(f"config key '{key}' is set by the pipeline (stage folder {folder}): remove it")
-        return {**common, **shared, **section, **fixed, "out": str(root / folder)}
+            if key in settings:
+                raise UserError(f"config key '{section}.{key}' is set by the pipeline (stage folder "
+                                f"{stage_id.folder}): remove it")
+        data = {**common, **shared, **settings, **fixed, "out": str(root / stage_id.folder)}
+        kind = "finetune" if stage_id.kind == "supervised" else stage_id.kind
+        stage_cfg = from_mapping(STAGES[kind].config, data, prefix=f"{section}.")
+        stages.append(PlannedStage(stage_id, stage_cfg))
+        return stage_cfg
 
-    stages = [Stage("pretrain", "pretrain", None,
-                    _stage_config(PretrainConfig, settings(_section(cfg, "pretrain"), "pretrain"), "pretrain"),
-                    pretrain)]
+    encoder = add(StageId("pretrain"), "pretrain", _section(cfg, "pretrain")).model
+    image_size = stages[0].cfg.image_size
     pretrained = str(root / "pretrain" / "model.pt")
-    encoder = stages[0].cfg.model
     if cfg.runs("linear_eval"):
-        stages.append(Stage("linear_eval", "linear-eval", "all", _stage_config(
-            LinearEvalConfig, settings(_section(cfg, "linear_eval"), "linear_eval", init=pretrained),
-            "linear_eval"), linear_eval))
+        add(StageId("linear_eval", "all"), "linear_eval", _section(cfg, "linear_eval"), **{"from": pretrained})
     finetune_section = _section(cfg, "finetune")
     distill_section = _section(cfg, "distill")
     students = distill_section.pop("students", ["self"])
@@ -141,26 +156,17 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         if student != "self":
             parse_model_name(str(student))
     for label in cfg.label_specs():
-        slug = label_slug(str(label))
-        stages.append(Stage(f"finetune_{slug}", "finetune", str(label), _stage_config(
-            FinetuneConfig, settings(finetune_section, f"finetune_{slug}", init=pretrained, labels=str(label)),
-            "finetune"), finetune))
-        if cfg.runs("baseline"):
-            base = {**finetune_section, **_section(cfg, "baseline")}
-            base.setdefault("model", encoder)
-            base.setdefault("image_size", stages[0].cfg.image_size)
-            stages.append(Stage(f"supervised_{slug}", "supervised", str(label), _stage_config(
-                FinetuneConfig, settings(base, f"supervised_{slug}", init="scratch", labels=str(label)),
-                "baseline"), finetune))
+        finetuned = StageId("finetune", label)
+        add(finetuned, "finetune", finetune_section, **{"from": pretrained, "labels": label})
+        if cfg.runs("supervised"):
+            base = {"model": encoder, "image_size": image_size, **finetune_section, **_section(cfg, "supervised")}
+            add(StageId("supervised", label), "supervised", base, **{"from": "scratch", "labels": label})
         if cfg.runs("distill"):
-            teacher = str(root / f"finetune_{slug}" / "model.pt")
+            teacher = str(root / finetuned.folder / "model.pt")
             for student in students:
                 name = "self" if student in ("self", encoder) else str(student)
-                folder = f"distill_{name}_{slug}"
                 extra = {} if name == "self" else {"student": name}
-                stages.append(Stage(folder, "distill", str(label), _stage_config(
-                    DistillConfig, settings(distill_section, folder, teacher=teacher, **extra), "distill"),
-                    distill))
+                add(StageId("distill", label, name), "distill", distill_section, teacher=teacher, **extra)
     return stages
 
 
@@ -169,10 +175,8 @@ def load_pipeline_config(path: str | None, overrides: list[str], extra: dict[str
     data = load_yaml(path) if path else {}
     data.update(extra or {})
     data = apply_overrides(data, overrides)
-    names = [f.name for f in dataclasses.fields(PipelineConfig)]
-    for key in data:
-        if key not in names:
-            raise unknown_key_error(str(key), names)
+    if "baseline" in data:
+        raise UserError("config key 'baseline' is now called 'supervised' (the supervised baseline): rename it")
     return from_mapping(PipelineConfig, data)
 
 
@@ -192,7 +196,10 @@ def _check_inputs(cfg: PipelineConfig) -> None:
 def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run every stage not yet finished; returns the results by stage and writes the report."""
     from . import report
-    from .train.loop import RunDir
+    from .checkpoint import atomic_write_bytes
+    from .distributed import is_main_process
+    from .engine.run_folder import RunFolder
+    from .stages import run
 
     stages = plan(cfg)
     _check_inputs(cfg)
@@ -201,18 +208,20 @@ def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info
     save_yaml(dataclasses.asdict(cfg), root / "pipeline.yaml")
     results: dict[str, Any] = {}
     for i, stage in enumerate(stages, 1):
-        run_dir = RunDir(stage.cfg.out)
-        if run_dir.finished:
-            progress(f"[{i}/{len(stages)}] {stage.name}: finished earlier, skipped")
-            results[stage.name] = run_dir.read_result()
+        name = stage.id.folder
+        folder = RunFolder(stage.cfg.out)
+        if folder.finished:
+            progress(f"[{i}/{len(stages)}] {name}: finished earlier, skipped")
+            results[name] = folder.read_result()
             continue
-        resume = "auto" if (run_dir.path / "checkpoints").is_dir() else None
-        progress(f"[{i}/{len(stages)}] {stage.name}" + (": resuming" if resume else ""))
-        results[stage.name] = stage.run(dataclasses.replace(stage.cfg, resume=resume))
-    summary = {"stages": {s.name: {"kind": s.kind, "labels": s.label, **results[s.name]} for s in stages},
+        resume = "auto" if folder.has_checkpoints() else None
+        progress(f"[{i}/{len(stages)}] {name}" + (": resuming" if resume else ""))
+        results[name] = run(dataclasses.replace(stage.cfg, resume=resume))
+    summary = {"stages": {s.id.folder: {**results[s.id.folder], **dataclasses.asdict(s.id)} for s in stages},
                "labels": cfg.label_specs()}
-    (root / "results.json").write_text(json.dumps(summary, indent=2, default=float))
-    report.write_report(root)
+    if is_main_process():
+        atomic_write_bytes(root / "results.json", json.dumps(summary, indent=2, default=float).encode())
+        report.write_report(root)
     return summary
 
 

@@ -31,29 +31,21 @@ def _load_results(run: Path) -> dict[str, Any]:
 
 def _rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float | None]]]:
     """Row name -> {label spec: held-out top-1}, in the paper's order."""
+    from .pipeline import StageId
+
     labels = results["labels"]
     rows: dict[str, dict[str, float | None]] = {}
     order = ["supervised baseline", "linear eval (all labels)", "fine-tuned"]
-    for name, stage in results["stages"].items():
-        top1 = stage.get("holdout_top1")
-        if stage["kind"] == "supervised":
-            row = "supervised baseline"
-        elif stage["kind"] == "linear-eval":
-            row = "linear eval (all labels)"
-        elif stage["kind"] == "finetune":
-            row = "fine-tuned"
-        elif stage["kind"] == "distill":
-            row = "distilled (self)" if name.startswith("distill_self_") else f"distilled ({stage.get('student')})"
-        else:
+    for stage in results["stages"].values():
+        stage_id = StageId(stage["kind"], stage["labels"], stage["student"])
+        if stage_id.kind == "pretrain":
             continue
-        if row not in order:
-            order.append(row)
-        target = rows.setdefault(row, {})
-        if stage["kind"] == "linear-eval":
-            for label in labels:
-                target[label] = top1
-        else:
-            target[stage["labels"]] = top1
+        if stage_id.row not in order:
+            order.append(stage_id.row)
+        target = rows.setdefault(stage_id.row, {})
+        # linear evaluation uses every label: the same figure in every column
+        for label in (labels if stage_id.kind == "linear_eval" else [stage_id.labels]):
+            target[label] = stage.get("holdout_top1")
     return labels, {r: rows[r] for r in order if r in rows}
 
 
@@ -121,13 +113,13 @@ def _plot_label_fractions(run: Path, results: dict[str, Any], plt) -> str:
 
 def _best_classifier(results: dict[str, Any]) -> str | None:
     scored = [(s.get("holdout_top1") or -1, name) for name, s in results["stages"].items()
-              if s["kind"] in ("finetune", "distill", "supervised", "linear-eval")]
+              if s["kind"] in ("finetune", "distill", "supervised", "linear_eval")]
     scored = [x for x in scored if x[0] >= 0]
     return max(scored)[1] if scored else None
 
 
 def _plot_confusion(run: Path, best: str, plt) -> tuple[str, dict[str, Any]]:
-    from .train.evaluate import evaluate
+    from .evaluate import evaluate
 
     metrics = evaluate(str(run / best / "model.pt"), out=str(run / best / "evaluation"), device="cpu")["metrics"]
     matrix = np.array(metrics["confusion_matrix"])
@@ -153,24 +145,23 @@ def _plot_embedding(run: Path, plt) -> str | None:
     import torch
 
     from .distributed import single_process
-    from .train.evaluate import training_eval_split
-    from .train.setup import eval_loader, extract_features
-    from .train.weights import load_model
+    from .evaluate import training_eval_split
+    from .metrics import eval_loader, extract_features
+    from .models.checkpoints import load_model
 
     path = run / "pretrain" / "model.pt"
     if not path.is_file():
         return None
-    model, payload = load_model(path)
+    model, record = load_model(path)
     try:
-        images = training_eval_split(payload, str(path))
+        images = training_eval_split(record, str(path))
     except UserError:
         return None
     if len(images) > MAX_EMBEDDED:
         keep = np.random.default_rng(0).choice(len(images), MAX_EMBEDDED, replace=False)
         images = images.subset(np.sort(keep))
     runtime = single_process("cpu")
-    size = (payload.get("config") or {}).get("image_size", 224)
-    feats, labels = extract_features(model.encoder, eval_loader(images, size, runtime, 256, 0), runtime)
+    feats, labels = extract_features(model.encoder, eval_loader(images, record.image_size, runtime, 256, 0))
     feats = feats - feats.mean(0)
     _, _, v = torch.pca_lowrank(feats, q=2, center=False)
     xy = (feats @ v[:, :2]).numpy()

@@ -1,7 +1,7 @@
 """Conversions in and out of simclrv2 checkpoints.
 
-- ``tf_import``: official SimCLRv2 TensorFlow checkpoints (TF1 name-based and TF2 object-graph)
-  into simclrv2 checkpoints, read without TensorFlow by a small tensor-bundle reader.
+- ``tf_import``: official SimCLRv2 TensorFlow checkpoints (TF1 name-based and TF2 object-graph,
+  mapped in ``tf_layouts``) into simclrv2 checkpoints, read without TensorFlow by ``tf_bundle``.
 - ``export``: fine-tuned or distilled classifiers out to ONNX, TorchScript or safetensors.
 
 The sub-modules are imported lazily so that ``import simclrv2.convert`` stays cheap.

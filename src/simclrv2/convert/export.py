@@ -16,6 +16,7 @@ padding of the size it sees.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import warnings
@@ -27,8 +28,9 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import atomic_write_bytes, file_sha256
+from ..config import image_side
 from ..errors import UserError
-from ..train.weights import class_names, load_classifier
+from ..models.checkpoints import load_classifier
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 CROP_PROPORTION = 0.875
@@ -36,13 +38,6 @@ ONNX_OPSET = 17
 ONNX_LIMIT_BYTES = 2 * 1024**3  # a single protobuf file cannot hold more
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 EXAMPLE_BATCH = 2  # not 1, so that nothing in the trace specialises on a batch of one
-
-
-def default_image_size(config: dict[str, Any], trained_size: int | None = None) -> int:
-    """The size the model was trained at, else 224 for the ImageNet stem and 32 for the CIFAR stem."""
-    if trained_size:
-        return int(trained_size)
-    return 32 if config.get("small_images") else 224
 
 
 def preprocessing(image_size: int) -> dict[str, Any]:
@@ -116,17 +111,19 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
     """Export the classifier of ``checkpoint_path`` as ``fmt``; writes ``out_path`` and ``<out_path>.json``."""
     if fmt not in EXPORTERS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    model, payload = load_classifier(checkpoint_path)
-    config = payload["model_config"]
-    trained = (payload.get("config") or {}).get("image_size")
-    size = default_image_size(config, trained) if image_size is None else image_size
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise UserError("--format onnx needs the onnx package: pip install 'simclrv2[onnx]' (or export as "
+                        "torchscript or safetensors)")
+    model, record = load_classifier(checkpoint_path)
+    config = record.model_config
+    size = record.image_size if image_size is None else image_size
     if size <= 0:
         raise UserError(f"--image-size must be positive, got {size}")
     out = Path(out_path)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give the file to write, e.g. {out / ('model.' + fmt)}")
     example = torch.rand(EXAMPLE_BATCH, 3, size, size)
-    names = class_names(payload)
+    names = record.named_classes()
     meta = {
         "format": fmt,
         "file": out.name,
@@ -178,8 +175,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student)")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write; FILE.json goes beside it")
-    p.add_argument("--image-size", type=int, default=None, metavar="N",
-                   help="input height and width (default 224, or 32 for the CIFAR stem); ONNX and "
+    p.add_argument("--image-size", type=image_side, default=None, metavar="N",
+                   help="input height and width (default: the size the model was trained at); ONNX and "
                         "TorchScript are fixed to it")
     p.set_defaults(func=cmd_export)
     return p

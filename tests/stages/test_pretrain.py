@@ -10,8 +10,9 @@ import torch
 
 from simclrv2.checkpoint import list_checkpoints, load_checkpoint
 from simclrv2.config import from_mapping
-from simclrv2.train import loop
-from simclrv2.train.pretrain import PretrainConfig, pretrain
+from simclrv2.engine import loop
+from simclrv2.stages import run
+from simclrv2.stages.pretrain import PretrainConfig
 
 TINY = dict(data="digits", model="r18_0.25x_sk0", image_size=16, batch_size=256, lr=0.5,
             warmup_epochs=0.5, workers=0, holdout=0.2, log_every=2, tensorboard=False)
@@ -26,39 +27,39 @@ def read_metrics(run):
 
 
 def test_pretraining_lowers_loss_and_knn_far_above_chance(tmp_path):
-    result = pretrain(config(tmp_path, epochs=4))
+    result = run(config(tmp_path, epochs=4))
     records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert records[-1]["contrastive_loss"] < records[0]["contrastive_loss"] - 0.5
     assert result["knn_top1"] > 0.6  # chance is 0.1
     payload = load_checkpoint(tmp_path / "run" / "model.pt")
-    assert payload["stage"] == "pretrain" and payload["model_config"]["kind"] == "contrastive"
+    assert payload["record"]["stage"] == "pretrain" and payload["record"]["model_config"]["kind"] == "contrastive"
     assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_resume_ends_with_same_weights_and_memory_as_uninterrupted_run(tmp_path, monkeypatch):
     common = dict(epochs=2, memory=64, checkpoint_every=2, keep_checkpoints=10, knn_monitor=False)
-    pretrain(config(tmp_path / "a", **common))
+    run(config(tmp_path / "a", **common))
     reference = load_checkpoint(tmp_path / "a" / "run" / "model.pt")
 
     stop_at = 3
-    original = loop.Trainer._stop_requested
+    original = loop.Engine._stop_requested
 
-    def stop_once(self, stop):
-        return self.step == stop_at or original(self, stop)
+    def stop_once(self):
+        return self.progress.step == stop_at or original(self)
 
-    monkeypatch.setattr(loop.Trainer, "_stop_requested", stop_once)
+    monkeypatch.setattr(loop.Engine, "_stop_requested", stop_once)
     with pytest.raises(loop.Preempted):
-        pretrain(config(tmp_path / "b", **common))
-    monkeypatch.setattr(loop.Trainer, "_stop_requested", original)
+        run(config(tmp_path / "b", **common))
+    monkeypatch.setattr(loop.Engine, "_stop_requested", original)
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "run" / "checkpoints")] == ["ckpt-000000002.pt", "ckpt-000000003.pt"]
-    pretrain(config(tmp_path / "b", resume="auto", **common))
+    run(config(tmp_path / "b", resume="auto", **common))
     resumed = load_checkpoint(tmp_path / "b" / "run" / "model.pt")
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     # the momentum encoder and the queue, saved in the last step checkpoint of both runs
     last_a = load_checkpoint(list_checkpoints(tmp_path / "a" / "run" / "checkpoints")[-1])
     last_b = load_checkpoint(list_checkpoints(tmp_path / "b" / "run" / "checkpoints")[-1])
-    assert last_a["step"] == last_b["step"] > stop_at
+    assert last_a["progress"]["step"] == last_b["progress"]["step"] > stop_at
     for name in ("momentum_encoder", "queue"):
         for key, value in last_a["state"][name].items():
             assert torch.equal(value, last_b["state"][name][key]), (name, key)
@@ -66,7 +67,7 @@ def test_resume_ends_with_same_weights_and_memory_as_uninterrupted_run(tmp_path,
 
 def test_refuses_to_overwrite_a_finished_run(tmp_path):
     cfg = config(tmp_path, epochs=1, knn_monitor=False)
-    pretrain(cfg)
+    run(cfg)
     proc = subprocess.run([sys.executable, "-m", "simclrv2", "pretrain", "--data", "digits", "--out", cfg.out,
                            "--model", "r18_0.25x_sk0", "--image-size", "16", "--epochs", "1"],
                           capture_output=True, text=True)
@@ -104,7 +105,7 @@ def test_torchrun_two_processes(tmp_path):
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = load_checkpoint(out / "model.pt")
-    assert payload["step"] == 1437 // 128
+    assert payload["result"]["steps"] == 1437 // 128
     # one process wrote the run folder; BN layers were global during training but are saved plainly
     assert not any("GlobalBatchNorm" in str(type(v)) for v in payload["model"].values())
     # fine-tuning on 145 labeled images: the batch cap rounds down to a multiple of 2 processes
@@ -117,4 +118,4 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tuned / "result.json").read_text())
     assert result["labeled_images"] == 145 and result["steps"] == 1
-    assert load_checkpoint(tuned / "model.pt")["config"]["batch_size"] == 144
+    assert load_checkpoint(tuned / "model.pt")["record"]["config"]["batch_size"] == 144

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed as dist_utils
-from ..checkpoint import atomic_write_bytes
-from ..data import IMAGE_EXTENSIONS, ImageSet, open_images
-from ..errors import UserError
-from .setup import eval_loader
-from .weights import class_names, load_classifier
+from . import distributed as dist_utils
+from .checkpoint import atomic_write_bytes
+from .data import IMAGE_EXTENSIONS, ImageSet, open_images
+from .config import image_side, positive_int
+from .errors import UserError
+from .metrics import eval_loader
+from .models.checkpoints import load_classifier
 
 
 def _image_set(inputs: list[str]) -> ImageSet:
@@ -47,11 +48,10 @@ def _image_set(inputs: list[str]) -> ImageSet:
 def predict(model_path: str, inputs: list[str], top_k: int = 1, image_size: int | None = None,
             batch_size: int = 64, workers: int | None = 0, device: str = "auto") -> list[dict[str, Any]]:
     """One row per image: path, the top-k classes and their probabilities (or the read error)."""
-    model, payload = load_classifier(model_path)
-    names = class_names(payload)
+    model, record = load_classifier(model_path)
+    names = record.named_classes()
     images = _image_set(inputs)
-    size = image_size or (payload.get("config") or {}).get("image_size") or (
-        32 if payload["model_config"].get("small_images") else 224)
+    size = image_size or record.image_size
     runtime = dist_utils.single_process(device)
     model = model.to(runtime.device).eval()
     loader = eval_loader(images, size, runtime, batch_size, workers, cache="off")
@@ -112,9 +112,9 @@ def register(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                    "or one folder")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
-    p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
-    p.add_argument("--image-size", type=int, default=None, help="default: the size the model was trained at")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--top-k", type=positive_int, default=1, help="classes per image (default 1)")
+    p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="decoding processes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     p.set_defaults(func=cmd_predict)

@@ -10,9 +10,10 @@ import torch
 from simclrv2.checkpoint import load_checkpoint
 from simclrv2.config import from_mapping
 from simclrv2.losses import distillation_loss, teacher_entropy
-from simclrv2.train import distill as distill_module
-from simclrv2.train.distill import DistillConfig, distill
-from simclrv2.train.finetune import FinetuneConfig, finetune
+from simclrv2.stages import distill as distill_module
+from simclrv2.stages import run
+from simclrv2.stages.distill import DistillConfig
+from simclrv2.stages.finetune import FinetuneConfig
 
 
 def reference_loss(student, teacher, tau):
@@ -72,16 +73,16 @@ def test_self_distilled_student_keeps_the_teacher_accuracy(demo_run):
     assert result["teacher_holdout_top1"] == pytest.approx(teacher["holdout_top1"])
     assert result["holdout_top1"] >= teacher["holdout_top1"] - 0.01, (result, teacher)
     payload = load_checkpoint(demo_run / "distill_self_2perclass" / "model.pt")
-    assert payload["model_config"]["head_layer"] == 0  # students drop the projection head
+    assert payload["record"]["model_config"]["head_layer"] == 0  # students drop the projection head
     assert not any(k.startswith("head_layers.") for k in payload["model"])
 
 
 def test_small_student_beats_the_small_network_trained_on_the_labels(demo_run, tmp_path):
     small = json.loads((demo_run / "distill_r18_0.125x_sk0_2perclass" / "result.json").read_text())
     assert small["temperature"] == 1.0
-    labels_only = finetune(from_mapping(FinetuneConfig, {
+    labels_only = run(from_mapping(FinetuneConfig, {
         "data": "digits", "holdout": 0.2, "workers": 0, "tensorboard": False, "out": str(tmp_path / "small"),
-        "init": "scratch", "model": "r18_0.125x_sk0", "image_size": 16, "labels": "2/class", "head_layer": "0",
+        "from": "scratch", "model": "r18_0.125x_sk0", "image_size": 16, "labels": "2/class", "head_layer": "0",
         "epochs": 150, "lr": 0.1, "crop_min_area": 0.5, "flip": False}))
     assert small["holdout_top1"] > labels_only["holdout_top1"] + 0.05, (small, labels_only)
 
@@ -100,7 +101,7 @@ def test_teacher_weights_and_bn_statistics_do_not_change(demo_run, tmp_path, mon
     cfg = from_mapping(DistillConfig, {"data": "digits", "holdout": 0.2, "workers": 0, "tensorboard": False,
                                        "out": str(tmp_path / "d"), "teacher": str(teacher_path), "epochs": 1,
                                        "batch_size": 128, "alpha": 0.5, "labels": "2/class"})
-    result = distill(cfg)
+    result = run(cfg)
     assert result["steps"] == 11
     after = captured["model"].state_dict()
     saved = load_checkpoint(teacher_path)["model"]

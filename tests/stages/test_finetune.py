@@ -13,10 +13,12 @@ from simclrv2.checkpoint import load_checkpoint
 from simclrv2.config import from_mapping
 from simclrv2.data import open_images
 from simclrv2.distributed import single_process
-from simclrv2.train.evaluate import classification_metrics, evaluate, predict_logits, training_eval_split
-from simclrv2.train.finetune import FinetuneConfig, default_finetune_lr, finetune
-from simclrv2.train.linear_eval import LinearEvalConfig, linear_eval
-from simclrv2.train.weights import load_classifier
+from simclrv2.evaluate import evaluate, training_eval_split
+from simclrv2.metrics import classification_metrics, predict_logits
+from simclrv2.models.checkpoints import load_classifier
+from simclrv2.stages import run
+from simclrv2.stages.finetune import FinetuneConfig, default_finetune_lr, resolve
+from simclrv2.stages.linear_eval import LinearEvalConfig
 
 COMMON = dict(data="digits", workers=0, holdout=0.2, log_every=20, tensorboard=False)
 # The fine-tuning recipe of the demo (configs/demo.yaml): SPEC's, with a learning rate and
@@ -28,7 +30,7 @@ FT = dict(epochs=150, lr=0.03, crop_min_area=0.5, flip=False, image_size=16)
 
 def run_finetune(tmp_path, name, **kw):
     cfg = from_mapping(FinetuneConfig, {**COMMON, **FT, "out": str(tmp_path / name), **kw})
-    return finetune(cfg), tmp_path / name
+    return run(cfg), tmp_path / name
 
 
 def test_finetuning_beats_training_from_scratch_at_about_one_percent_labels(demo_run):
@@ -43,14 +45,14 @@ def test_finetuning_beats_training_from_scratch_at_about_one_percent_labels(demo
     assert len(chosen) == 20
     assert (demo_run / "supervised_2perclass" / "labeled.txt").read_text().splitlines() == chosen
     payload = load_checkpoint(demo_run / "finetune_2perclass" / "model.pt")
-    assert payload["stage"] == "finetune" and payload["model_config"]["head_layer"] == 1
-    assert payload["class_names"] == [str(i) for i in range(10)]
+    assert payload["record"]["stage"] == "finetune" and payload["record"]["model_config"]["head_layer"] == 1
+    assert payload["record"]["class_names"] == [str(i) for i in range(10)]
 
 
 def test_head_layer_one_keeps_the_pretrained_head_layer(pretrained, tmp_path):
     source = load_checkpoint(pretrained)["model"]
     # lr 0: the classifier starts from exactly the pretrained encoder and first head layer
-    _, run = run_finetune(tmp_path, "lr0", init=str(pretrained), labels="1%", epochs=1, lr=0.0)
+    _, run = run_finetune(tmp_path, "lr0", **{"from": str(pretrained)}, labels="1%", epochs=1, lr=0.0)
     model = load_checkpoint(run / "model.pt")["model"]
     for key in ("linear.weight", "bn.weight", "bn.bias"):
         assert torch.equal(model[f"head_layers.0.{key}"], source[f"projection_head.layers.0.{key}"]), key
@@ -60,7 +62,7 @@ def test_head_layer_one_keeps_the_pretrained_head_layer(pretrained, tmp_path):
         assert torch.equal(model[key], source[key]), key
     assert not any(k.startswith("head_layers.1.") for k in model)
     # trained normally, the layer moves but stays the pretrained one, far from a fresh initialisation
-    _, run = run_finetune(tmp_path, "trained", init=str(pretrained), labels="1%", epochs=20)
+    _, run = run_finetune(tmp_path, "trained", **{"from": str(pretrained)}, labels="1%", epochs=20)
     tuned = load_checkpoint(run / "model.pt")["model"]["head_layers.0.linear.weight"].flatten()
     start = source["projection_head.layers.0.linear.weight"].flatten()
     assert not torch.equal(tuned, start)
@@ -68,7 +70,7 @@ def test_head_layer_one_keeps_the_pretrained_head_layer(pretrained, tmp_path):
 
 
 def test_head_layer_auto_scores_each_layer_and_keeps_the_best(pretrained, tmp_path):
-    result, run = run_finetune(tmp_path, "auto", init=str(pretrained), labels="6/class", head_layer="auto",
+    result, run = run_finetune(tmp_path, "auto", **{"from": str(pretrained)}, labels="6/class", head_layer="auto",
                                epochs=15)
     record = json.loads((run / "head_layer_search.json").read_text())
     assert set(record["top1"]) == {"0", "1", "2"}
@@ -80,9 +82,9 @@ def test_head_layer_auto_scores_each_layer_and_keeps_the_best(pretrained, tmp_pa
 
 
 def test_linear_eval_trains_only_the_linear_layer(pretrained, tmp_path):
-    cfg = from_mapping(LinearEvalConfig, {**COMMON, "out": str(tmp_path / "lin"), "init": str(pretrained),
+    cfg = from_mapping(LinearEvalConfig, {**COMMON, "out": str(tmp_path / "lin"), "from": str(pretrained),
                                           "epochs": 10, "batch_size": 256, "flip": False})
-    result = linear_eval(cfg)
+    result = run(cfg)
     assert result["holdout_top1"] > 0.6
     source = load_checkpoint(pretrained)["model"]
     model = load_checkpoint(tmp_path / "lin" / "model.pt")["model"]
@@ -93,9 +95,9 @@ def test_linear_eval_trains_only_the_linear_layer(pretrained, tmp_path):
 
 
 def test_evaluate_agrees_with_an_independent_computation(pretrained, tmp_path):
-    _, run = run_finetune(tmp_path, "ft", init=str(pretrained), labels="2/class", epochs=10)
-    model, payload = load_classifier(run / "model.pt")
-    images = training_eval_split(payload, "run")
+    _, run = run_finetune(tmp_path, "ft", **{"from": str(pretrained)}, labels="2/class", epochs=10)
+    model, record = load_classifier(run / "model.pt")
+    images = training_eval_split(record, "run")
     logits, labels = predict_logits(model, images, 16, single_process("cpu"), workers=0)
     y, scores = labels.numpy(), logits.numpy()
     result = evaluate(str(run / "model.pt"), out=str(tmp_path / "eval"), workers=0, device="cpu")["metrics"]
@@ -129,13 +131,11 @@ def test_default_learning_rates_follow_spec():
 
 def test_default_epochs_and_head_layer_follow_the_label_share():
     """SPEC: 60 epochs for 1% labels, 30 for 10% and 100%; head layer 1, or 0 for 100%."""
-    from simclrv2.train.finetune import _resolved
-
     def resolved(labels, labeled, **kw):
-        cfg = from_mapping(FinetuneConfig, {"init": "scratch", "model": "r18_0.125x_sk0", "data": "digits",
+        cfg = from_mapping(FinetuneConfig, {"from": "scratch", "model": "r18_0.125x_sk0", "data": "digits",
                                             "out": "unused", "labels": labels, **kw})
         cfg.check()
-        out = _resolved(cfg, None, labeled, 1000)
+        out = resolve(cfg, None, labeled, 1000)
         return out.epochs, out.head_layer
 
     assert resolved("1%", 10) == (60, "1")
@@ -172,7 +172,7 @@ def test_bad_requests_are_one_line_errors(pretrained, tmp_path):
 
 
 def test_evaluate_refuses_data_with_other_classes(pretrained, tmp_path):
-    _, run = run_finetune(tmp_path, "ft", init=str(pretrained), labels="1/class", epochs=1)
+    _, run = run_finetune(tmp_path, "ft", **{"from": str(pretrained)}, labels="1/class", epochs=1)
     folder = tmp_path / "three"
     digits = open_images("digits", labeled=True)
     from PIL import Image
@@ -187,7 +187,7 @@ def test_evaluate_refuses_data_with_other_classes(pretrained, tmp_path):
 
 def test_batch_cap_is_a_multiple_of_the_process_count():
     from simclrv2.errors import UserError
-    from simclrv2.train.setup import capped_batch
+    from simclrv2.data.splits import capped_batch
     assert capped_batch(1024, 145, 1) == 145
     assert capped_batch(1024, 145, 2) == 144
     assert capped_batch(1024, 145, 8) == 144

@@ -1,0 +1,93 @@
+"""A stage's images: training images, the labeled subset, and the held-out images it never trains on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataOptions
+from ..errors import UserError
+from .sources import ImageSet, open_images
+from .subsets import holdout_split, select_labeled, write_index_list
+
+log = logging.getLogger("simclrv2")
+
+
+@dataclass
+class Splits:
+    """Training images and the held-out images evaluation uses (None when there are none)."""
+
+    train: ImageSet
+    holdout: ImageSet | None
+
+
+def open_splits(cfg: DataOptions, labeled: bool) -> Splits:
+    """``--data`` (minus the ``--holdout`` fraction) and ``--eval-data`` or that held-out part.
+
+    The held-out split is stratified and seeded, and never overlaps the training images.
+    """
+    images = open_images(cfg.data, labeled=labeled)
+    if cfg.eval_data:
+        return Splits(images, open_images(cfg.eval_data, labeled=True))
+    if cfg.holdout > 0:
+        train_idx, holdout_idx = holdout_split(images.labels, cfg.holdout, cfg.seed)
+        return Splits(images.subset(train_idx), images.subset(holdout_idx))
+    return Splits(images, None)
+
+
+@dataclass
+class LabeledSplits:
+    """The labeled training subset, the unlabeled rest of the training images, and the held-out images."""
+
+    labeled: ImageSet
+    unlabeled: ImageSet
+    holdout: ImageSet | None
+    images: ImageSet  # all of --data; ``chosen`` indexes it
+    chosen: np.ndarray
+
+    def write_labeled(self, path: str | Path) -> None:
+        """The labeled images, one per line, readable back as a subset file (``--labels FILE``)."""
+        write_index_list(path, self.images, self.chosen)
+
+
+def open_labeled_splits(cfg: DataOptions, labels: str) -> LabeledSplits:
+    """``--data`` split into held-out images (``--holdout``, or ``--eval-data``) and training images,
+    and the ``--labels`` subset of the training images ("all", "1%", "5/class" or a subset file).
+
+    The subset is class-balanced and seeded and never overlaps the held-out images.
+    """
+    images = open_images(cfg.data, labeled=True)
+    holdout = open_images(cfg.eval_data, labeled=True) if cfg.eval_data else None
+    pool = np.arange(len(images))
+    if holdout is None and cfg.holdout > 0:
+        pool, held = holdout_split(images.labels, cfg.holdout, cfg.seed)
+        holdout = images.subset(held)
+    if holdout is not None and holdout.class_names != images.class_names:
+        raise UserError(f"--eval-data {cfg.eval_data} has classes {holdout.class_names[:5]}..., --data "
+                        f"{cfg.data} has {images.class_names[:5]}...: both need the same class folders")
+    if labels == "all":
+        chosen = pool[images.labels[pool] >= 0]
+    else:
+        chosen = select_labeled(images, labels, cfg.seed, pool=pool)
+    if len(chosen) == 0:
+        raise UserError(f"{cfg.data} has no labeled training images: give it class sub-folders or a "
+                        "path,label list")
+    rest = np.setdiff1d(pool, chosen)
+    return LabeledSplits(images.subset(chosen), images.subset(rest), holdout, images, chosen)
+
+
+def capped_batch(requested: int, labeled: int, world_size: int) -> int:
+    """The global batch for training on ``labeled`` images: at most all of them, and a multiple
+    of the process count (each process takes an equal slice)."""
+    batch = min(requested, labeled)
+    batch -= batch % world_size
+    if batch < world_size:
+        raise UserError(f"{labeled} labeled images cannot be split over {world_size} processes: "
+                        "label more images or use fewer processes")
+    if batch < requested:
+        log.info("batch size %d capped at %d (%d labeled images, %d processes)", requested, batch,
+                 labeled, world_size)
+    return batch

@@ -1,0 +1,382 @@
+"""The one training loop every stage runs (a stage only declares its parts: ``engine.stage``).
+
+``run(cfg, build)`` checks the run folder, builds the stage, and trains it:
+
+- the learning rate of step t is ``schedule[t]``, an array computed before training (warmup,
+  cosine decay); bf16 autocast where asked; ``zero_grad(set_to_none=True)``;
+- no host sync outside logging steps: losses accumulate on the device and are read every
+  ``log_every`` steps (marked "host sync" below);
+- checkpoints every N steps and every N epochs, written atomically with everything needed to
+  continue exactly: weights, optimizer, the step's state (queue, momentum encoder), progress,
+  RNG state, and the typed record. Data order is a function of (seed, epoch) and augmentation a
+  function of (seed, step, rank), so a resumed run repeats the uninterrupted one;
+- SIGTERM/SIGINT: before training starts, the run stops at once (and a folder it created is
+  removed); during training, a checkpoint at the next step boundary, then exit 128 + signal;
+- a non-finite loss: stop, leaving the last good checkpoint intact, or skip the step;
+- held-out evaluation every ``eval_every`` epochs and at the end; then ``model.pt`` and
+  ``result.json`` (the "finished" marker), written by the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import distributed as dist_utils
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import StageConfig, resumable_changes, save_yaml, to_dict
+from ..data.loader import Batch, Loader
+from ..distributed import Runtime
+from ..errors import UserError
+from ..optim import build_optimizer, scale_learning_rate, warmup_cosine_schedule
+from ..record import HeldOut, Record, versions
+from .placement import autocast_dtype
+from .run_folder import MODEL_FILE, MetricsLog, RunFolder
+from .stage import Build, Parts
+
+log = logging.getLogger("simclrv2")
+
+
+class Preempted(Exception):
+    """Training stopped on a signal (after writing a checkpoint, once it had started); exit 128 + signal."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        where = f"checkpoint {checkpoint}" if checkpoint else "before training started; nothing was written"
+        super().__init__(f"stopped by {signal.Signals(signum).name}; {where}")
+        self.exit_code = 128 + signum
+        self.checkpoint = checkpoint
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite."""
+
+
+class StopSignals:
+    """SIGTERM/SIGINT: raise at once until ``defer()``, then a flag read at step boundaries."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.deferred = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def defer(self) -> None:
+        self.deferred = True
+
+    def _handle(self, signum, frame) -> None:
+        if not self.deferred:
+            raise Preempted(signum, None)
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the step boundary
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The random stream of one training step on one process (same on resume)."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator(device=device)
+    g.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return g
+
+
+def make_schedule(cfg: StageConfig, steps_per_epoch: int) -> np.ndarray:
+    """Per-step learning rates: scaled peak, linear warmup, cosine decay to 0."""
+    peak = scale_learning_rate(cfg.lr, cfg.batch_size, cfg.lr_scaling)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    return warmup_cosine_schedule(peak, steps_per_epoch * cfg.epochs, warmup)
+
+
+@dataclass
+class Progress:
+    """How far a run is; saved in every checkpoint."""
+
+    step: int = 0
+    total_steps: int = 0
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+
+
+class Window:
+    """Device-side sums of the logged values between two logging steps."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, logs: dict[str, torch.Tensor], images: int) -> None:
+        for key, value in logs.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.steps += 1 if logs else 0
+        self.images += images
+
+
+class Engine:
+    """Trains the parts of one stage in one run folder (see the module docstring)."""
+
+    def __init__(self, parts: Parts, runtime: Runtime, folder: RunFolder, stop: StopSignals | None = None):
+        cfg = self.cfg = parts.cfg
+        self.parts, self.runtime, self.folder = parts, runtime, folder
+        self.stop = stop or StopSignals()
+        self.model, self.step = parts.model, parts.step
+        self.loader = Loader(parts.train_images, "train", cfg.resolved_load_size(), cfg.batch_size, runtime,
+                             seed=cfg.seed, workers=cfg.workers, cache=cfg.cache, strict=cfg.strict_data)
+        self.steps_per_epoch = len(self.loader)
+        self.progress = Progress(total_steps=self.steps_per_epoch * cfg.epochs)
+        self.optimizer = build_optimizer(cfg.optimizer, parts.param_groups, lr=0.0, momentum=cfg.momentum)
+        self.schedule = make_schedule(cfg, self.steps_per_epoch)
+        peak = float(self.schedule.max()) if len(self.schedule) else 0.0
+        for group in self.optimizer.param_groups:
+            if "peak_lr" in group:
+                group["lr_scale"] = group["peak_lr"] / max(peak, 1e-12)
+        self.autocast = autocast_dtype(cfg.precision, runtime.device)
+        self.record = dataclasses.replace(
+            parts.record, held_out=HeldOut(cfg.data, cfg.eval_data, cfg.holdout, cfg.seed),
+            config=to_dict(cfg), versions=versions())
+        self.bad_steps = torch.zeros((), device=runtime.device)
+        self.metrics = MetricsLog(folder.path / "metrics.jsonl", runtime.is_main, cfg.tensorboard)
+
+    # -- one step (benchmarks time exactly this) ----------------------------------------------
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Learning rate, the stage's step under autocast, backward, optimizer step; logs ({} if skipped)."""
+        p = self.progress
+        lr = float(self.schedule[p.step])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        generator = step_generator(self.cfg.seed, p.step, self.runtime.rank, self.runtime.device)
+        with torch.autocast(self.runtime.device.type, dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None):
+            loss, logs = self.step(batch, generator)
+        applied = self._update(loss)
+        p.step += 1
+        return loss, ({"loss": loss.detach().float(), **logs} if applied else {})
+
+    def _update(self, loss: torch.Tensor) -> bool:
+        """Backward and optimizer step; False if the step was skipped for a non-finite loss."""
+        finite = torch.isfinite(loss.detach())
+        if self.cfg.on_nan == "skip":
+            # Deciding before the update needs the flag now: host sync every step.
+            if dist_utils.all_reduce_mean(finite.float()).item() < 1.0:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.progress.skipped_steps += 1
+                log.warning("skipping step %d: non-finite loss", self.progress.step)
+                return False
+        else:
+            self.bad_steps += (~finite).float()  # read at the next logging step
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step.after_update()
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg, p, spe = self.cfg, self.progress, self.steps_per_epoch
+        self.step.train()
+        self.stop.defer()
+        started = time.perf_counter() - p.train_seconds
+        window = Window()
+        while p.step < p.total_steps:
+            epoch, first = divmod(p.step, spe)
+            for batch in self.loader.epoch(epoch, first):
+                _, logs = self.train_step(batch)
+                window.add(logs, batch.images.shape[0] * self.runtime.world_size)
+                p.train_seconds = time.perf_counter() - started
+                end_of_epoch = p.step % spe == 0
+                if p.step % cfg.log_every == 0 or end_of_epoch:
+                    self._log(window)  # host sync
+                    window = Window()
+                if end_of_epoch and self.parts.eval_every and (p.step // spe) % self.parts.eval_every == 0 \
+                        and p.step < p.total_steps:
+                    self._evaluate("epoch")
+                want_checkpoint = (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0) or (
+                    end_of_epoch and (p.step // spe) % cfg.checkpoint_epochs == 0)
+                stop_now = self._stop_requested()
+                if (want_checkpoint or stop_now) and p.step < p.total_steps:
+                    path = self.save()
+                    if stop_now:
+                        raise Preempted(self.stop.signum or signal.SIGTERM, path)
+            if spe == 0:
+                break
+        self._check_finite()
+        self.loader.summary()
+        result = {"steps": p.step, "train_seconds": p.train_seconds, "skipped_steps": p.skipped_steps,
+                  "skipped_images": self.loader.skipped_total}
+        result.update(self._evaluate("eval"))
+        self.metrics.close()
+        return result
+
+    def _log(self, window: Window) -> None:
+        if self.cfg.on_nan == "stop":
+            self._check_finite()
+        p = self.progress
+        record = {"kind": "train", "stage": self.record.stage, "step": p.step, "epoch": p.step / self.steps_per_epoch,
+                  "lr": float(self.schedule[p.step - 1])}
+        for key, value in window.sums.items():
+            record[key] = dist_utils.all_reduce_mean(value / max(window.steps, 1)).item()
+        record["images_per_s"] = window.images / max(time.perf_counter() - window.start, 1e-9)
+        if p.skipped_steps:
+            record["skipped_steps"] = p.skipped_steps
+        self.metrics.write(record)
+        if self.runtime.is_main:
+            log.info("%s step %d/%d epoch %.2f loss %.4f lr %.4g %.1f img/s", self.record.stage, p.step,
+                     p.total_steps, record["epoch"], record.get("loss", float("nan")), record["lr"],
+                     record["images_per_s"])
+
+    def _evaluate(self, kind: str) -> dict[str, Any]:
+        """Held-out metrics from the main process (others wait); logged as a metrics record."""
+        if self.parts.evaluate is None:
+            return {}
+        metrics: dict[str, Any] = self.parts.evaluate() if self.runtime.is_main else {}
+        dist_utils.barrier()
+        self.step.train()
+        if metrics:
+            p = self.progress
+            self.metrics.write({"kind": kind, "stage": self.record.stage, "step": p.step,
+                                "epoch": p.step // max(self.steps_per_epoch, 1), **metrics})
+            if self.runtime.is_main:
+                log.info("%s epoch %d: %s", self.record.stage, p.step // max(self.steps_per_epoch, 1),
+                         ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        return metrics
+
+    def _check_finite(self) -> None:
+        if self.cfg.on_nan == "stop" and dist_utils.all_reduce_mean(self.bad_steps.float()).item() > 0:
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite near step {self.progress.step}: the last good checkpoint is "
+                f"kept in {self.folder.checkpoints.directory}; lower --lr, use --precision fp32, or --on-nan skip")
+
+    def _stop_requested(self) -> bool:
+        """Whether any process got a stop signal (agreed on by all processes)."""
+        if not self.runtime.distributed:
+            return self.stop.signum is not None
+        # Every process must stop at the same step: agree every log interval (a tiny collective).
+        if self.progress.step % self.cfg.log_every:
+            return False
+        flag = torch.tensor(1.0 if self.stop.signum is not None else 0.0, device=self.runtime.device)
+        if dist_utils.all_reduce_mean(flag).item() > 0:
+            self.stop.signum = self.stop.signum or signal.SIGTERM
+            return True
+        return False
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        """A training checkpoint (main process), after checking the loss is still finite."""
+        self._check_finite()
+        path = None
+        if self.runtime.is_main:
+            path = self.folder.checkpoints.save({
+                "record": self.record.to_data(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "state": self.step.state_dict(),
+                "progress": dataclasses.asdict(self.progress), "rng": {"torch": torch.get_rng_state()},
+            }, self.progress.step)
+        dist_utils.barrier()
+        return path
+
+    def restore(self, path: Path, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint of this very run: same stage, model, steps and settings."""
+        record = Record.from_payload(payload, str(path))
+        if record.stage != self.record.stage:
+            raise UserError(f"checkpoint {path} is from stage '{record.stage}', not '{self.record.stage}': "
+                            "resume with a checkpoint of this stage")
+        if record.model_config != self.record.model_config:
+            raise UserError(f"checkpoint {path} holds a different model ({record.encoder}) than this run "
+                            f"({self.record.encoder}): use the same settings to resume")
+        if "progress" not in payload:
+            raise UserError(f"checkpoint {path} is not a training checkpoint of this simclrv2 version: "
+                            "it cannot be resumed; start the run again with --overwrite")
+        if payload["progress"]["total_steps"] != self.progress.total_steps:
+            raise UserError(f"checkpoint {path} was for {payload['progress']['total_steps']} steps, this run has "
+                            f"{self.progress.total_steps}: resume with the same --epochs, --batch-size and data")
+        free = resumable_changes(type(self.cfg))
+        changed = [f"{key} {record.config[key]!r} -> {value!r}" for key, value in self.record.config.items()
+                   if key not in free and key in record.config and record.config[key] != value]
+        if changed:
+            raise UserError(f"checkpoint {path} was trained with other settings ({'; '.join(changed)}): resume "
+                            "with the checkpoint's settings, or start again with --overwrite")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step.load_state_dict(payload["state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.progress = Progress(**payload["progress"])
+        if self.runtime.is_main:
+            self.metrics.truncate(self.progress.step)  # a killed run may have logged past its checkpoint
+        log.info("resumed from %s at step %d of %d", path, self.progress.step, self.progress.total_steps)
+
+    def save_final(self, result: dict[str, Any]) -> Path:
+        """model.pt (weights and record, no optimizer), then result.json, the 'finished' marker."""
+        path = self.folder.path / MODEL_FILE
+        if self.runtime.is_main:
+            save_checkpoint({"record": self.record.to_data(), "model": self.model.state_dict(),
+                             "result": result}, path)
+            self.folder.write_result({"stage": self.record.stage, **result})
+        dist_utils.barrier()
+        return path
+
+
+def _resume_checkpoint(folder: RunFolder, resume: str | None) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``--resume`` names, read before anything is built (a bad file fails first)."""
+    if not resume:
+        return None
+    if resume != "auto":
+        return Path(resume), load_checkpoint(resume, map_location="cpu")
+    found = folder.checkpoints.latest(map_location="cpu")
+    if found is None:
+        log.info("no checkpoint in %s: starting from the beginning", folder.checkpoints.directory)
+    return found
+
+
+def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
+    """Build a stage from ``cfg`` and train it in ``cfg.out``; the result (also in OUT/result.json).
+
+    Every input is checked (data, labels, checkpoints, model) before the folder is changed; an
+    earlier run is removed (``--overwrite``) only then.
+    """
+    runtime = dist_utils.setup(cfg.device)
+    folder = RunFolder(cfg.out, cfg.keep_checkpoints)
+    with StopSignals() as stop:
+        folder.check(cfg.resume, cfg.overwrite)
+        resume = None if cfg.overwrite else _resume_checkpoint(folder, cfg.resume)
+        dist_utils.barrier()  # every process has checked the folder before the main one locks it
+        if runtime.is_main:
+            folder.claim()
+        dist_utils.barrier()
+        failed = True
+        try:
+            torch.manual_seed(cfg.seed)
+            parts = build(cfg, runtime)
+            engine = Engine(parts, runtime, folder, stop)
+            if resume is not None:
+                engine.restore(*resume)
+            if runtime.is_main:
+                if cfg.overwrite:
+                    folder.clear()
+                save_yaml(to_dict(parts.cfg), folder.path / "config.yaml")
+                if parts.labeled is not None:
+                    parts.labeled.write_labeled(folder.path / "labeled.txt")
+            dist_utils.barrier()
+            result = {**engine.fit(), **parts.result}
+            engine.save_final(result)
+            failed = False
+        finally:
+            if runtime.is_main:
+                folder.release(failed)
+    return result

@@ -1,0 +1,181 @@
+"""The run folder: its files, its lock, and the rules that keep a run from being lost or mixed.
+
+``OUT/config.yaml`` (the resolved config), ``metrics.jsonl``, ``checkpoints/ckpt-STEP.pt``,
+``model.pt`` and ``result.json`` (written last: the "finished" marker). The rules:
+
+- one live process per folder: ``OUT/.lock`` is held with ``flock`` for the whole run, so a
+  second run on the same folder is refused (naming the holder's pid) even with ``--overwrite``;
+  the kernel drops the lock when its holder dies, so a SIGKILLed run never blocks ``--resume``;
+- a finished run is never retrained: ``--resume`` on it is refused, ``--overwrite`` replaces it;
+- ``--overwrite`` deletes the old run only after every input has been checked and the new run
+  built, right before training starts;
+- a start that fails before any checkpoint (bad input, out of memory, a signal) leaves no folder
+  behind that it created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import CheckpointManager, atomic_write_bytes, list_checkpoints
+from ..errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded against each other
+    fcntl = None
+
+log = logging.getLogger("simclrv2")
+
+RESULT_FILE = "result.json"
+MODEL_FILE = "model.pt"
+LOCK_FILE = ".lock"
+# What a run writes at the top of its folder; --overwrite removes these and nothing else.
+RUN_FILES = (RESULT_FILE, MODEL_FILE, MODEL_FILE + ".sha256", "metrics.jsonl", "tensorboard", "checkpoints",
+             "config.yaml", "labeled.txt")
+
+
+class RunFolder:
+    """One run's folder (see the module docstring for its rules)."""
+
+    def __init__(self, path: str | Path, keep_checkpoints: int = 3):
+        self.path = Path(path)
+        self.checkpoints = CheckpointManager(self.path / "checkpoints", keep=keep_checkpoints)
+        self._lock_fd: int | None = None
+        self._created = False
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / RESULT_FILE).is_file()
+
+    def has_checkpoints(self) -> bool:
+        return bool(list_checkpoints(self.checkpoints.directory))
+
+    def check(self, resume: str | None, overwrite: bool) -> None:
+        """Refuse what would lose or mix a run; reads only."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file, not a folder: choose another --out")
+        holder = self._holder()
+        if holder is not None:
+            raise UserError(f"{self.path} is in use by a running simclrv2 process (pid {holder}): wait for it "
+                            "to end or choose another --out")
+        if self.finished and not overwrite:
+            if resume:
+                raise UserError(f"{self.path} holds a finished run: there is nothing to resume (pass "
+                                "--overwrite to train it again, or choose another --out)")
+            raise UserError(f"{self.path} holds a finished run: pass --overwrite to replace it or "
+                            "choose another --out")
+        if self.has_checkpoints() and not resume and not overwrite:
+            raise UserError(f"{self.path} holds an unfinished run: pass --resume to continue it or "
+                            "--overwrite to start again")
+
+    def _holder(self) -> int | None:
+        """The pid holding the folder's lock, or None when nobody holds it."""
+        lock = self.path / LOCK_FILE
+        if fcntl is None or not lock.is_file():
+            return None
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = lock.read_text().strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)  # closing drops the probe's shared lock
+        return None
+
+    def claim(self) -> None:
+        """Create the folder if needed and hold its lock until ``release``."""
+        self._created = not self.path.exists() or not any(p.name != LOCK_FILE for p in self.path.iterdir())
+        self.path.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.path} is in use by a running simclrv2 process (pid {self._holder()}): "
+                            "wait for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release(self, failed: bool) -> None:
+        """Drop the lock (and its file); after a failed start, remove the folder if this run created
+        it and no checkpoint was written into it (a nested run's included)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if failed and self._created and not any(self.path.rglob("ckpt-*.pt")):
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove an earlier run's files (``--overwrite``); other files in the folder stay."""
+        for name in RUN_FILES:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        atomic_write_bytes(self.path / RESULT_FILE, json.dumps(result, indent=2).encode())
+
+    def read_result(self) -> dict[str, Any]:
+        return json.loads((self.path / RESULT_FILE).read_text())
+
+
+class MetricsLog:
+    """Metrics as JSON lines (and TensorBoard), written by the main process only.
+
+    Nothing is written before the first record: a log made while a run is being set up leaves
+    the folder as it was.
+    """
+
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool | None):
+        self.path = path
+        self.enabled = enabled
+        self._writer_class = None
+        self._tb = None
+        if enabled and tensorboard is not False:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                if tensorboard:
+                    raise UserError("--tensorboard needs the tensorboard package: pip install "
+                                    "'simclrv2[tensorboard]' (or leave out --tensorboard)") from None
+            else:
+                self._writer_class = SummaryWriter
+
+    def truncate(self, step: int) -> None:
+        """Drop the records after ``step`` (written after the checkpoint a run resumes from)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer_class is not None and self._tb is None:
+            self._tb = self._writer_class(str(self.path.parent / "tensorboard"))
+        if self._tb is not None:
+            step = record.get("step", 0)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self._tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

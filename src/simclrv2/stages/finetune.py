@@ -1,0 +1,217 @@
+"""Step 2 of SimCLRv2: supervised fine-tuning on the few labeled images.
+
+The classifier keeps the pretrained encoder and the first j projection-head layers and puts a
+new linear layer on hiddens[j] (j = 1 is the paper's choice for 1% and 10% labels); the whole
+network is trained with SPEC's recipe: LARS, no weight decay, no warmup, crop + flip only,
+lr 0.005 * sqrt(B) for r50_1x_sk0 and smaller networks, 0.002 * sqrt(B) for wider or SK ones.
+The new linear layer is exempt from the LARS trust ratio, as the official ``head_supervised``.
+
+``--from scratch`` trains the same classifier from random weights on the same labels: the
+supervised baseline (stage "supervised"). ``--head-layer auto`` fine-tunes once per j on part of
+the labeled images, scores each on the rest, and keeps the best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import AugmentConfig, SimCLRAugment
+from ..checkpoint import atomic_write_bytes
+from ..config import Changed, StageConfig, defaults, option
+from ..data import ImageSet, holdout_split
+from ..data.loader import Batch
+from ..data.splits import LabeledSplits, capped_batch, open_labeled_splits
+from ..distributed import Runtime
+from ..errors import UserError
+from ..metrics import classification_metrics, predict_logits
+from ..models import build_model, classifier_config, count_parameters, parse_model_name
+from ..models.checkpoints import Trained, check_same_encoder, classifier_from, read_trained, transplant
+from ..optim import param_groups
+from ..record import Record
+from ..engine.placement import input_layout, prepare_model, use_channels_last
+from ..engine.stage import Parts, TrainStep
+
+log = logging.getLogger("simclrv2")
+
+SEARCH_DIR = "head_layer_search"
+
+# The paper fine-tunes 60 epochs on 1% of ImageNet's labels and 30 on 10% and 100%; label
+# shares below this one count as "1%".
+FEW_LABELS_SHARE = 0.05
+
+
+def default_finetune_lr(model: str) -> float:
+    """SPEC: 0.005 (times sqrt(B)) for r50_1x_sk0, 0.002 for wider or SK models.
+
+    SPEC names no rate for the deeper 1x sk0 encoders (r101, r152); they get r50_1x_sk0's.
+    """
+    spec = parse_model_name(model)
+    return 0.002 if (spec.width > 1 or spec.sk) else 0.005
+
+
+@dataclass
+@defaults(
+    epochs=Changed(None, "training epochs (default: the paper's, 60 when under 5% of the images are "
+                   "labeled, as at 1%, else 30, as at 10% and 100%)", Optional[int]),
+    batch_size=Changed(1024, "global batch size, capped at the number of labeled images"),
+    lr=Changed(None, "base learning rate, scaled by --lr-scaling (default: 0.005 for 1x sk0 encoders such "
+               "as r50_1x_sk0, 0.002 for wider or SK ones)", Optional[float]),
+    warmup_epochs=0.0, weight_decay=0.0,
+    image_size=Changed(None, "side of the training images (default: the pretraining run's, else 224)",
+                       Optional[int]),
+)
+class FinetuneConfig(StageConfig):
+    """Fine-tuning (or the supervised baseline with --from scratch). Defaults are the paper's
+    1%-label recipe (SPEC); the batch is capped at the number of labeled images."""
+
+    init: str = option("", "pretrained checkpoint to start from (pretrain, import-tf or a classifier), "
+                       "or 'scratch' for the supervised baseline", required=True, key="from", path=True)
+    model: Optional[str] = option(None, "encoder; needed with --from scratch, else taken from the checkpoint")
+    labels: str = option("all", "labeled images used: 'all', a percentage ('1%'), a count per class "
+                         "('5/class') or a subset file (e.g. the official 1percent.txt)")
+    head_layer: Optional[str] = option(None, "classify hiddens[j]: 0 = encoder output, 1 = after the first "
+                                       "head layer, ...; 'auto' tries each on held-out labeled images "
+                                       "(default: the paper's, 1 for a label subset, 0 for --labels all)")
+    head_search_fraction: float = option(0.3, "share of the labeled images scoring --head-layer auto",
+                                         minimum=0.05, maximum=0.9)
+    eval_every: int = option(0, "evaluate on the held-out images every N epochs (0: at the end only)",
+                             minimum=0)
+
+    def check(self) -> None:
+        if self.model:
+            parse_model_name(self.model)
+        if self.init == "scratch" and not self.model:
+            raise UserError("--from scratch needs --model (e.g. --model r50_1x_sk0)")
+        if self.head_layer not in (None, "auto"):
+            try:
+                if int(self.head_layer) < 0:
+                    raise ValueError
+            except ValueError:
+                raise UserError(f"--head-layer {self.head_layer!r} is not a layer number (0, 1, 2) or 'auto'") from None
+
+
+class ClassifierStep(TrainStep):
+    """Cross-entropy of an augmented view (crop + flip) on the labels: fine-tuning, linear evaluation."""
+
+    def __init__(self, model: nn.Module, net: nn.Module, augment: SimCLRAugment, channels_last: bool = False):
+        self.model, self.net, self.augment, self.channels_last = model, net, augment, channels_last
+
+    def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
+        logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), batch.labels)
+        return loss, {"train_top1": (logits.argmax(1) == batch.labels).float().mean()}
+
+
+def holdout_evaluation(model: nn.Module, holdout: ImageSet | None, names: list[str], cfg: StageConfig,
+                       runtime: Runtime):
+    """The held-out top-1/top-5 of a classifier, as a Parts.evaluate (None without held-out images)."""
+    if holdout is None:
+        return None
+
+    def evaluate() -> dict[str, Any]:
+        logits, labels = predict_logits(model, holdout, cfg.image_size, runtime, 256, cfg.workers, cfg.cache,
+                                        cfg.strict_data)
+        metrics = classification_metrics(logits, labels, names)
+        return {"holdout_top1": metrics["top1"], "holdout_top5": metrics["top5"]}
+
+    return evaluate
+
+
+def resolve(cfg: FinetuneConfig, source: Trained | None, labeled: int, pool: int, world_size: int = 1) -> FinetuneConfig:
+    """Fill in the defaults that depend on the checkpoint and the data (``labeled`` of ``pool``
+    training images carry the labels used)."""
+    model = cfg.model or source.record.encoder
+    image_size = cfg.image_size or (source.record.image_size if source is not None else 224)
+    small = cfg.small_images if source is None else ("on" if source.record.small_images else "off")
+    lr = cfg.lr if cfg.lr is not None else default_finetune_lr(model)
+    few_labels = cfg.labels != "all" and labeled < FEW_LABELS_SHARE * pool
+    epochs = cfg.epochs if cfg.epochs is not None else (60 if few_labels else 30)
+    head_layer = cfg.head_layer if cfg.head_layer is not None else ("0" if cfg.labels == "all" else "1")
+    return dataclasses.replace(cfg, model=model, image_size=image_size, small_images=small, lr=lr,
+                               batch_size=capped_batch(cfg.batch_size, labeled, world_size), epochs=epochs,
+                               head_layer=head_layer)
+
+
+def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, labeled: ImageSet, holdout: ImageSet | None,
+                     source: Trained | None, head_layer: int) -> Parts:
+    """A classifier on hiddens[head_layer] of ``source`` (or from random weights) trained on ``labeled``."""
+    names = labeled.class_names
+    if source is None:
+        model_config = classifier_config(cfg.model, len(names), head_layer, cfg.uses_small_images())
+    else:
+        model_config = classifier_from(source.record, head_layer, len(names))
+    model = build_model(model_config)
+    if source is not None:
+        copied = transplant(model, source)
+        log.info("finetune: %d tensors from %s (encoder and %d head layer(s)), new %d-class classifier",
+                 len(copied), cfg.init, head_layer, len(names))
+    log.info("%s %s from %s on %d labeled images (%.2fM parameters)", "finetune" if source else "supervised",
+             cfg.model, "random weights" if source is None else cfg.init, len(labeled), count_parameters(model) / 1e6)
+    model, net = prepare_model(model, cfg, runtime, cfg.global_bn)
+    augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
+    step = ClassifierStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device))
+    record = Record("finetune" if source is not None else "supervised", model_config, cfg.image_size, names,
+                    cfg.init if source is not None else None)
+    return Parts(cfg, record, model, step, labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
+                 holdout_evaluation(model, holdout, names, cfg, runtime), cfg.eval_every,
+                 result={"head_layer": head_layer, "labeled_images": len(labeled), "from": cfg.init,
+                         "model": cfg.model})
+
+
+def search_head_layer(cfg: FinetuneConfig, labeled: ImageSet, source: Trained) -> int:
+    """Fine-tune once per head layer on part of the labeled images (each a run of its own in
+    OUT/head_layer_search/); the layer scoring best on the rest."""
+    from ..engine.loop import run
+    from ..engine.run_folder import RunFolder
+
+    layers = list(range(source.record.head_layers))  # hiddens[0 .. depth-1]; the output is not a candidate
+    fit_idx, score_idx = holdout_split(labeled.labels, cfg.head_search_fraction, cfg.seed)
+    if len(np.unique(labeled.labels[score_idx])) < len(labeled.class_names):
+        raise UserError(f"--head-layer auto needs at least 2 labeled images per class to score the layers "
+                        f"(--labels {cfg.labels} gives fewer): use more labels or a fixed --head-layer")
+    scores: dict[str, float] = {}
+    for j in layers:
+        sub = RunFolder(Path(cfg.out) / SEARCH_DIR / f"head_layer_{j}")
+        if sub.finished and not cfg.overwrite:
+            result = sub.read_result()
+        else:
+            sub_cfg = dataclasses.replace(cfg, out=str(sub.path), batch_size=min(cfg.batch_size, len(fit_idx)),
+                                          resume="auto" if sub.has_checkpoints() and not cfg.overwrite else None,
+                                          head_layer=str(j))
+            result = run(sub_cfg, functools.partial(lambda c, rt, j: classifier_parts(
+                c, rt, labeled.subset(fit_idx), labeled.subset(score_idx), source, j), j=j))
+        scores[str(j)] = float(result["holdout_top1"])
+        log.info("head layer %d: %.4f top-1 on %d held-out labeled images", j, scores[str(j)], len(score_idx))
+    best = max(layers, key=lambda j: (scores[str(j)], -abs(j - 1)))  # ties: closest to the paper's j = 1
+    record = {"chosen": best, "top1": scores, "fit_images": len(fit_idx), "score_images": len(score_idx)}
+    atomic_write_bytes(Path(cfg.out) / f"{SEARCH_DIR}.json", json.dumps(record, indent=2).encode())
+    return best
+
+
+def build(cfg: FinetuneConfig, runtime: Runtime) -> Parts:
+    source = None
+    if cfg.init != "scratch":
+        source = read_trained(cfg.init)
+        check_same_encoder(source.record, cfg.model, cfg.init)
+    splits: LabeledSplits = open_labeled_splits(cfg, cfg.labels)
+    cfg = resolve(cfg, source, len(splits.labeled), len(splits.labeled) + len(splits.unlabeled), runtime.world_size)
+    if cfg.head_layer == "auto":
+        head_layer = 0 if source is None else search_head_layer(cfg, splits.labeled, source)
+        torch.manual_seed(cfg.seed)
+    else:
+        head_layer = int(cfg.head_layer)
+    parts = classifier_parts(cfg, runtime, splits.labeled, splits.holdout, source, head_layer)
+    parts.labeled = splits
+    return parts

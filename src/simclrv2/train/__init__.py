@@ -1,1 +1,0 @@
-"""The training stages of SimCLRv2 and the loop they share."""
