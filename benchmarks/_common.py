@@ -135,7 +135,8 @@ def pretrain_augment(case: Case) -> SimCLRAugment:
 
 
 def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, precision: str = "auto",
-                 channels_last: str = "auto", compile_backend: str | None = None) -> Engine:
+                 channels_last: str = "auto", compile_backend: str | None = None,
+                 micro_batch: int | None = None) -> Engine:
     """The engine of a real ``stage`` run (pretrain, finetune, distill) training on ``data``, ready
     for ``engine.train_step(batch)``: its step, optimizer, schedule and autocast are the run's.
 
@@ -153,7 +154,7 @@ def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, p
     settings = {"data": data.name, "out": str(Path(_runs().name) / stage), "image_size": case.size,
                 "batch_size": case.batch, "epochs": SCHEDULE_STEPS, "warmup_epochs": 0.0,
                 "device": device.type, "precision": precision, "channels_last": channels_last,
-                "workers": 0, "cache": "off", "tensorboard": False}
+                "workers": 0, "cache": "off", "tensorboard": False, "micro_batch": micro_batch}
     torch.manual_seed(0)
     if stage == "pretrain":
         cfg = from_mapping(pretrain.PretrainConfig, {**settings, "model": case.model})

@@ -11,6 +11,7 @@ from torch import nn
 
 from simclrv2.distributed import GlobalBatchNorm, convert_to_global_bn
 from simclrv2.losses import NTXentLoss
+from simclrv2.models.batchnorm import BatchNorm
 
 
 def free_port() -> int:
@@ -58,8 +59,8 @@ def test_ntxent_two_processes_equal_one_process(tmp_path):
 
 def make_net():
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
-                        nn.BatchNorm1d(3))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNorm(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
+                        BatchNorm(3))
     with torch.no_grad():
         net[1].weight.uniform_(0.5, 1.5)
         net[1].bias.uniform_(-0.5, 0.5)
@@ -99,3 +100,30 @@ def test_global_bn_two_processes_equal_one_process(tmp_path):
     for key, value in net.state_dict().items():
         if "running" in key:
             torch.testing.assert_close(parts[0]["running"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def running_worker(rank, port, x, steps, out_dir):
+    init(rank, port)
+    bn = convert_to_global_bn(nn.Sequential(BatchNorm(3)), torch.device("cpu")).double().train()
+    n = x.shape[1] // 2
+    for step in range(steps):
+        bn(x[step, rank * n:(rank + 1) * n])
+    torch.save({k: v for k, v in bn.state_dict().items() if "running" in k}, f"{out_dir}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_global_bn_moves_toward_the_biased_variance_of_the_global_batch(tmp_path):
+    """SPEC (official cross-replica BN): running var <- 0.9 var + 0.1 * biased variance of the global batch."""
+    torch.manual_seed(2)
+    steps = 3
+    x = torch.randn(steps, 6, 3, 2, 2, dtype=torch.float64) * 2 + 0.5  # 3 steps of a global batch of 6
+    run_two(running_worker, x, steps, str(tmp_path))
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for step in range(steps):
+        batch = x[step].transpose(0, 1).reshape(3, -1)  # every pixel of both processes' images
+        mean = 0.9 * mean + 0.1 * batch.mean(1)
+        var = 0.9 * var + 0.1 * ((batch - batch.mean(1, keepdim=True)) ** 2).mean(1)
+    for rank in range(2):
+        running = torch.load(tmp_path / f"{rank}.pt")
+        torch.testing.assert_close(running["0.running_mean"], mean, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(running["0.running_var"], var, rtol=1e-12, atol=1e-15)

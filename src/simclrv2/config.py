@@ -367,6 +367,11 @@ class OptimOptions:
     warmup_epochs: float = option(10.0, "linear warmup epochs before the cosine decay", minimum=0)
     weight_decay: float = option(1e-4, "weight decay (BN parameters and biases excluded)", minimum=0)
     momentum: float = option(0.9, "optimizer momentum", minimum=0, maximum=0.9999)
+    micro_batch: Optional[int] = option(None, "images per forward pass on each process: the batch goes "
+                                        "through in micro-batches, the step stays that of the whole batch "
+                                        "(pretraining: gradient caching, every image keeps all its negatives; "
+                                        "batch norm per micro-batch). Default: the whole batch at once",
+                                        minimum=1)
 
 
 @dataclasses.dataclass

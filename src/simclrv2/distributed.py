@@ -2,12 +2,14 @@
 
 NCCL on GPUs, gloo on CPUs. Two things SimCLRv2 needs beyond DDP: negatives gathered from
 every process *with* their gradient (``gather_with_grad``) and global BatchNorm, whose
-statistics span the global batch. PyTorch's ``SyncBatchNorm`` runs only on GPUs, so on CPU the
-BN layers become ``GlobalBatchNorm``, which all-reduces the per-channel sums with autograd.
+statistics span the global batch: ``GlobalBatchNorm`` all-reduces the per-channel sums with
+autograd, on any device (PyTorch's ``SyncBatchNorm`` runs only on GPUs and moves the running
+variance toward the unbiased variance, not the official code's biased one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from .errors import UserError
+from .models.batchnorm import BatchNorm
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
+def no_sync(net: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` for all but the last of several backward passes of one step (gradients
+    accumulate locally and are all-reduced once); a no-op for a network without DDP."""
+    ddp = getattr(net, "_orig_mod", net)
+    if last or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
 @torch.no_grad()
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every process in rank order (no gradient)."""
@@ -129,24 +141,21 @@ def barrier() -> None:
         dist.barrier()
 
 
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+class GlobalBatchNorm(BatchNorm):
     """BatchNorm whose training statistics are those of the global batch, on any device.
 
     Per-channel sums and sums of squares are all-reduced with autograd support, so the
-    gradients are those of BatchNorm over the concatenated batch. With one process, or in
-    eval mode, it is plain BatchNorm.
+    gradients are those of BatchNorm over the concatenated batch; the running variance moves
+    toward the biased variance of the global batch, as the official cross-replica BN's does.
+    With one process, or in eval mode, it is ``BatchNorm``.
     """
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or world_size() == 1:
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
-        xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
+        xf = x if x.dtype == torch.float64 else x.float()  # at least float32 for the sums
+        count = xf.new_full((1,), x.numel() / x.shape[1])  # a fill, not a copy from the host
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
         stats = dist_fn.all_reduce(stats)
         c = x.shape[1]
@@ -157,9 +166,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var * total / (total - 1).clamp_min(1)
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+                self.running_var.lerp_(var.to(self.running_var.dtype), m)
         shape = [1, c] + [1] * (x.dim() - 2)
         out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
@@ -168,9 +176,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_to_global_bn(module: nn.Module, device: torch.device) -> nn.Module:
-    """Swap every BatchNorm for its cross-process version: SyncBatchNorm on GPU, GlobalBatchNorm else."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    """Swap every BatchNorm for its cross-process version, ``GlobalBatchNorm`` (on every device)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats)

@@ -15,7 +15,7 @@ from . import distributed as dist_utils
 LARGE_NUM = 1e9
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """Upcast bf16/fp16 to float32; keep float64 (so float64 checks of the losses stay exact)."""
     return x if x.dtype == torch.float64 else x.float()
 
@@ -41,8 +41,8 @@ class NTXentLoss(nn.Module):
         # At least float32 whatever the autocast state: 1/T-scaled logits in bf16 would lose
         # the small differences between negatives that the loss is made of.
         with torch.autocast(z1.device.type, enabled=False):
-            z1 = F.normalize(_at_least_float32(z1), dim=1)
-            z2 = F.normalize(_at_least_float32(z2), dim=1)
+            z1 = F.normalize(at_least_float32(z1), dim=1)
+            z2 = F.normalize(at_least_float32(z2), dim=1)
             n = z1.shape[0]
             z1_all = dist_utils.gather_with_grad(z1)
             z2_all = dist_utils.gather_with_grad(z2)
@@ -69,8 +69,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     The teacher's logits are treated as fixed (detached): the gradient reaches only the student.
     """
     with torch.autocast(student_logits.device.type, enabled=False):
-        teacher = F.softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=1)
-        log_student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=1)
+        teacher = F.softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=1)
+        log_student = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
         return -(teacher * log_student).sum(1).mean()
 
 
@@ -78,5 +78,5 @@ def teacher_entropy(teacher_logits: torch.Tensor, temperature: float = 1.0) -> t
     """-sum_y P_T(y|x; tau) log P_T(y|x; tau), averaged over the batch: the floor of
     ``distillation_loss``; the loss minus it is the KL divergence from teacher to student."""
     with torch.autocast(teacher_logits.device.type, enabled=False):
-        log_p = F.log_softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=1)
+        log_p = F.log_softmax(at_least_float32(teacher_logits.detach()) / temperature, dim=1)
         return -(log_p.exp() * log_p).sum(1).mean()

@@ -79,6 +79,19 @@ def open_labeled_splits(cfg: DataOptions, labels: str) -> LabeledSplits:
     return LabeledSplits(images.subset(chosen), images.subset(rest), holdout, images, chosen)
 
 
+def micro_batch_size(micro: int | None, global_batch: int, world_size: int) -> int | None:
+    """``--micro-batch`` checked against the per-process batch; None when it is the whole batch."""
+    if micro is None:
+        return None
+    local = global_batch // world_size
+    if micro > local or local % micro:
+        divisors = [d for d in range(1, local + 1) if local % d == 0]
+        near = [max(d for d in divisors if d < micro)] + [d for d in divisors if d > micro][:1]
+        raise UserError(f"--micro-batch {micro} does not divide the per-process batch of {local} images (--batch-size "
+                        f"{global_batch} over {world_size} process(es)): use {' or '.join(map(str, sorted(near)))}")
+    return None if micro == local else micro
+
+
 def capped_batch(requested: int, labeled: int, world_size: int) -> int:
     """The global batch for training on ``labeled`` images: at most all of them, and a multiple
     of the process count (each process takes an equal slice)."""

@@ -159,6 +159,8 @@ class Engine:
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Learning rate, the stage's step under autocast, backward, optimizer step; logs ({} if skipped)."""
         p = self.progress
+        if p.step >= p.total_steps:
+            raise RuntimeError(f"train_step after the schedule's last step ({p.total_steps}): the run is over")
         lr = float(self.schedule[p.step])
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -182,7 +184,8 @@ class Engine:
                 return False
         else:
             self.bad_steps += (~finite).float()  # read at the next logging step
-        loss.backward()
+        if not self.step.computes_gradients:
+            loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step.after_update()

@@ -32,6 +32,7 @@ class TrainStep:
     """
 
     model: nn.Module
+    computes_gradients = False  # True: the step back-propagates itself (micro-batches); the engine does not
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

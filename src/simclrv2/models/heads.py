@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import BatchNorm
+
 
 class ProjectionLayer(nn.Module):
     """Dense without bias -> BN; ReLU on all but the last layer of the head.
@@ -24,7 +26,7 @@ class ProjectionLayer(nn.Module):
         self.last = last
         self.linear = nn.Linear(in_dim, out_dim, bias=False)
         nn.init.normal_(self.linear.weight, std=0.01)
-        self.bn = nn.BatchNorm1d(out_dim, affine=not last)
+        self.bn = BatchNorm(out_dim, affine=not last)
         self.scale = nn.Parameter(torch.ones(out_dim)) if last else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import BatchNorm
+
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF "SAME" padding (before, after) of one spatial dimension.
@@ -102,9 +104,9 @@ class SelectiveKernelConv(nn.Module):
         self.filters = filters
         mid = max(int(filters * sk_ratio), min_dim)
         self.conv = conv2d(in_ch, 2 * filters, 3, stride)
-        self.bn = nn.BatchNorm2d(2 * filters)
+        self.bn = BatchNorm(2 * filters)
         self.fc1 = nn.Conv2d(filters, mid, 1, bias=False)
-        self.fc1_bn = nn.BatchNorm2d(mid)
+        self.fc1_bn = BatchNorm(mid)
         self.fc2 = nn.Conv2d(mid, 2 * filters, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

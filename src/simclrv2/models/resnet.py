@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import BatchNorm
 from .layers import (
     AvgPoolDown2x2,
     AvgPoolSame2x2,
@@ -48,7 +49,7 @@ class Shortcut(nn.Module):
         else:
             self.pool = nn.Identity()
             self.conv = conv2d(in_ch, out_ch, 1, stride)
-        self.bn = nn.BatchNorm2d(out_ch)
+        self.bn = BatchNorm(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.pool(x)))
@@ -63,9 +64,9 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.shortcut = Shortcut(in_ch, filters, stride, sk_ratio > 0) if projection else None
         self.conv1 = conv2d(in_ch, filters, 3, stride)
-        self.bn1 = nn.BatchNorm2d(filters)
+        self.bn1 = BatchNorm(filters)
         self.conv2 = conv2d(filters, filters, 3, 1)
-        self.bn2 = nn.BatchNorm2d(filters)
+        self.bn2 = BatchNorm(filters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -73,7 +74,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return F.relu(out + shortcut)
 
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> BatchNorm:
         return self.bn2
 
 
@@ -87,15 +88,15 @@ class Bottleneck(nn.Module):
         out_ch = 4 * filters
         self.shortcut = Shortcut(in_ch, out_ch, stride, sk_ratio > 0) if projection else None
         self.conv1 = conv2d(in_ch, filters, 1)
-        self.bn1 = nn.BatchNorm2d(filters)
+        self.bn1 = BatchNorm(filters)
         if sk_ratio > 0:
             self.conv2 = SelectiveKernelConv(filters, filters, stride, sk_ratio)
             self.bn2 = None  # the SK conv carries its own BN-ReLU
         else:
             self.conv2 = conv2d(filters, filters, 3, stride)
-            self.bn2 = nn.BatchNorm2d(filters)
+            self.bn2 = BatchNorm(filters)
         self.conv3 = conv2d(filters, out_ch, 1)
-        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.bn3 = BatchNorm(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -106,7 +107,7 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         return F.relu(out + shortcut)
 
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> BatchNorm:
         return self.bn3
 
 
@@ -130,7 +131,7 @@ class Stem(nn.Module):
             convs = [conv2d(3, out_ch, 7, 2)]
             self.pool = MaxPoolSame(3, 2)
         self.convs = nn.ModuleList(convs)
-        self.bns = nn.ModuleList(nn.BatchNorm2d(c.out_channels) for c in convs)
+        self.bns = nn.ModuleList(BatchNorm(c.out_channels) for c in convs)
         self.out_channels = out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +179,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 init_conv_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, BatchNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for m in self.modules():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batchnorm import BatchNorm
 from ..errors import UserError
 from .heads import LinearHead, ProjectionHead
 from .registry import create_model
@@ -36,7 +37,7 @@ class ContrastiveModel(nn.Module):
         self.projection_head = head
         self.monitor = None
         if monitor_classes:
-            self.monitor = nn.Sequential(nn.BatchNorm1d(encoder.out_dim, affine=False),
+            self.monitor = nn.Sequential(BatchNorm(encoder.out_dim, affine=False),
                                          LinearHead(encoder.out_dim, monitor_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

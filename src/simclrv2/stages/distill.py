@@ -28,10 +28,10 @@ from ..augment import AugmentConfig, SimCLRAugment
 from ..config import Changed, StageConfig, defaults, option
 from ..data import ImageSet
 from ..data.loader import Batch
-from ..data.splits import open_labeled_splits, open_splits
+from ..data.splits import micro_batch_size, open_labeled_splits, open_splits
 from ..distributed import Runtime
 from ..errors import UserError
-from ..losses import distillation_loss, teacher_entropy
+from ..losses import at_least_float32, distillation_loss, teacher_entropy
 from ..metrics import classification_metrics, predict_logits
 from ..models import build_model, classifier_config, count_parameters, parse_model_name
 from ..models.checkpoints import load_classifier, read_trained, transplant
@@ -39,6 +39,7 @@ from ..optim import param_groups
 from ..record import Record
 from ..engine.placement import input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
+from .finetune import accumulate
 
 log = logging.getLogger("simclrv2")
 
@@ -77,9 +78,11 @@ class DistillStep(TrainStep):
     """The student learns the fixed teacher's softened predictions on the same augmented view."""
 
     def __init__(self, model: nn.Module, net: nn.Module, teacher: nn.Module, augment: SimCLRAugment,
-                 temperature: float, alpha: float = 1.0, channels_last: bool = False):
+                 temperature: float, alpha: float = 1.0, channels_last: bool = False, micro_batch: int | None = None):
         self.model, self.net, self.teacher, self.augment = model, net, teacher, augment
         self.temperature, self.alpha, self.channels_last = temperature, alpha, channels_last
+        self.micro_batch = micro_batch  # gradient accumulation, as ClassifierStep's
+        self.computes_gradients = micro_batch is not None
 
     def train(self) -> None:
         self.model.train()
@@ -87,6 +90,12 @@ class DistillStep(TrainStep):
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
+        return accumulate(self, x, batch)
+
+    def loss(self, x: torch.Tensor, batch: Batch, rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of the images ``rows`` of the batch: their mean distillation loss, and the
+        label cross-entropy over the labeled images of the whole batch (scaled to its share)."""
+        x = x[rows]
         with torch.no_grad():
             teacher_logits = self.teacher(x)
         student_logits = self.net(x)
@@ -98,9 +107,10 @@ class DistillStep(TrainStep):
                 "agreement": (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()}
         if self.alpha >= 1:
             return kd, logs
-        known = batch.labels >= 0
-        ce = F.cross_entropy(student_logits.float(), batch.labels.clamp_min(0), reduction="none")
-        ce = (ce * known).sum() / known.sum().clamp_min(1)
+        labels = batch.labels[rows]
+        known = labels >= 0
+        ce = F.cross_entropy(at_least_float32(student_logits), labels.clamp_min(0), reduction="none")
+        ce = (ce * known).sum() / (batch.labels >= 0).sum().clamp_min(1) * (batch.labels.shape[0] / x.shape[0])
         logs["label_loss"] = ce.detach()
         return (1 - self.alpha) * ce + self.alpha * kd, logs
 
@@ -168,7 +178,8 @@ def distill_parts(cfg: DistillConfig, runtime: Runtime, teacher: nn.Module, teac
     student, net = prepare_model(student, cfg, runtime, cfg.global_bn)
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
     step = DistillStep(student, net, teacher, augment, tau, cfg.alpha,
-                       use_channels_last(cfg.channels_last, runtime.device))
+                       use_channels_last(cfg.channels_last, runtime.device),
+                       micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
 
     evaluate = None
     if holdout is not None:

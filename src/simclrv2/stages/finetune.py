@@ -14,7 +14,6 @@ the labeled images, scores each on the rest, and keeps the best.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -31,9 +30,10 @@ from ..checkpoint import atomic_write_bytes
 from ..config import Changed, StageConfig, defaults, option
 from ..data import ImageSet, holdout_split
 from ..data.loader import Batch
-from ..data.splits import LabeledSplits, capped_batch, open_labeled_splits
-from ..distributed import Runtime
+from ..data.splits import LabeledSplits, capped_batch, micro_batch_size, open_labeled_splits
+from ..distributed import Runtime, no_sync
 from ..errors import UserError
+from ..losses import at_least_float32
 from ..metrics import classification_metrics, predict_logits
 from ..models import build_model, classifier_config, count_parameters, parse_model_name
 from ..models.checkpoints import Trained, check_same_encoder, classifier_from, read_trained, transplant
@@ -102,16 +102,44 @@ class FinetuneConfig(StageConfig):
 
 
 class ClassifierStep(TrainStep):
-    """Cross-entropy of an augmented view (crop + flip) on the labels: fine-tuning, linear evaluation."""
+    """Cross-entropy of an augmented view (crop + flip) on the labels: fine-tuning, linear evaluation.
 
-    def __init__(self, model: nn.Module, net: nn.Module, augment: SimCLRAugment, channels_last: bool = False):
+    ``micro_batch`` M: the batch goes through M images at a time, each back-propagating its share
+    of the batch's mean loss (gradient accumulation: exact for this per-image loss, up to batch
+    norm, which normalises each micro-batch with its own statistics).
+    """
+
+    def __init__(self, model: nn.Module, net: nn.Module, augment: SimCLRAugment, channels_last: bool = False,
+                 micro_batch: int | None = None):
         self.model, self.net, self.augment, self.channels_last = model, net, augment, channels_last
+        self.micro_batch = micro_batch
+        self.computes_gradients = micro_batch is not None
+
+    def loss(self, x: torch.Tensor, batch: Batch, rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean loss of the images ``rows`` of the batch."""
+        logits = self.net(x[rows])
+        labels = batch.labels[rows]
+        return F.cross_entropy(at_least_float32(logits), labels), {"train_top1": (logits.argmax(1) == labels).float().mean()}
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
-        logits = self.net(x)
-        loss = F.cross_entropy(logits.float(), batch.labels)
-        return loss, {"train_top1": (logits.argmax(1) == batch.labels).float().mean()}
+        return accumulate(self, x, batch)
+
+
+def accumulate(step, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``step.loss`` of the whole batch at once, or the mean of its micro-batches' losses, each
+    back-propagated as it is computed (DDP all-reduces after the last)."""
+    n, m = x.shape[0], step.micro_batch
+    if m is None:
+        return step.loss(x, batch, slice(0, n))
+    total, sums = 0.0, {}
+    for start in range(0, n, m):
+        with no_sync(step.net, last=start + m >= n):
+            loss, logs = step.loss(x, batch, slice(start, start + m))
+            (loss * (m / n)).backward()
+        total = total + loss.detach() * (m / n)
+        sums = {k: sums.get(k, 0) + v.detach() * (m / n) for k, v in logs.items()}
+    return total, sums
 
 
 def holdout_evaluation(model: nn.Module, holdout: ImageSet | None, names: list[str], cfg: StageConfig,
@@ -161,7 +189,8 @@ def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, labeled: ImageSet, h
              cfg.model, "random weights" if source is None else cfg.init, len(labeled), count_parameters(model) / 1e6)
     model, net = prepare_model(model, cfg, runtime, cfg.global_bn)
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
-    step = ClassifierStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device))
+    step = ClassifierStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device),
+                          micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
     record = Record("finetune" if source is not None else "supervised", model_config, cfg.image_size, names,
                     cfg.init if source is not None else None)
     return Parts(cfg, record, model, step, labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
@@ -181,6 +210,7 @@ def search_head_layer(cfg: FinetuneConfig, labeled: ImageSet, source: Trained) -
     if len(np.unique(labeled.labels[score_idx])) < len(labeled.class_names):
         raise UserError(f"--head-layer auto needs at least 2 labeled images per class to score the layers "
                         f"(--labels {cfg.labels} gives fewer): use more labels or a fixed --head-layer")
+    fit, score = labeled.subset(fit_idx), labeled.subset(score_idx)
     scores: dict[str, float] = {}
     for j in layers:
         sub = RunFolder(Path(cfg.out) / SEARCH_DIR / f"head_layer_{j}")
@@ -190,8 +220,7 @@ def search_head_layer(cfg: FinetuneConfig, labeled: ImageSet, source: Trained) -
             sub_cfg = dataclasses.replace(cfg, out=str(sub.path), batch_size=min(cfg.batch_size, len(fit_idx)),
                                           resume="auto" if sub.has_checkpoints() and not cfg.overwrite else None,
                                           head_layer=str(j))
-            result = run(sub_cfg, functools.partial(lambda c, rt, j: classifier_parts(
-                c, rt, labeled.subset(fit_idx), labeled.subset(score_idx), source, j), j=j))
+            result = run(sub_cfg, lambda c, rt, j=j: classifier_parts(c, rt, fit, score, source, j))
         scores[str(j)] = float(result["holdout_top1"])
         log.info("head layer %d: %.4f top-1 on %d held-out labeled images", j, scores[str(j)], len(score_idx))
     best = max(layers, key=lambda j: (scores[str(j)], -abs(j - 1)))  # ties: closest to the paper's j = 1

@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..augment import AugmentConfig, SimCLRAugment
 from ..config import Changed, StageConfig, defaults, option
-from ..data.splits import capped_batch, open_labeled_splits
+from ..data.splits import capped_batch, micro_batch_size, open_labeled_splits
 from ..distributed import Runtime
 from ..errors import UserError
 from ..models import build_model
@@ -74,7 +74,8 @@ def build(cfg: LinearEvalConfig, runtime: Runtime) -> Parts:
             p.requires_grad_(False)
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
     model, net = prepare_model(model, cfg, runtime, global_bn=False)
-    step = LinearStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device))
+    step = LinearStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device),
+                      micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
     record = Record("linear_eval", model_config, cfg.image_size, names, cfg.init)
     return Parts(cfg, record, model, step, splits.labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
                  holdout_evaluation(model, splits.holdout, names, cfg, runtime), labeled=splits,

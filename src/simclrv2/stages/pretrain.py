@@ -21,13 +21,14 @@ from torch import nn
 from ..augment import AugmentConfig, SimCLRAugment
 from ..config import StageConfig, option
 from ..data.loader import Batch
-from ..data.splits import Splits, open_splits
-from ..distributed import Runtime
+from ..data.splits import Splits, micro_batch_size, open_splits
+from ..distributed import Runtime, no_sync
 from ..errors import UserError
-from ..losses import NTXentLoss
+from ..losses import NTXentLoss, at_least_float32
 from ..memory import MemoryQueue, MomentumEncoder
 from ..metrics import eval_loader, extract_features, knn_accuracy
 from ..models import build_model, contrastive_config, count_parameters, parse_model_name
+from ..models.batchnorm import frozen_running_stats
 from ..optim import param_groups, scale_learning_rate
 from ..record import Record
 from ..engine.placement import input_layout, prepare_model, use_channels_last
@@ -74,36 +75,85 @@ class ContrastiveStep(TrainStep):
 
     With a memory queue, the momentum encoder embeds the same views; its keys enter the queue
     after the optimizer step (the loss of this step still contrasts with the old queue).
+
+    ``micro_batch`` M: gradient caching (Gao et al., "Scaling Deep Contrastive Learning Batch Size
+    under Memory Limited Setup", 2021). The views of M images at a time are embedded without
+    keeping activations; the loss and its gradient with respect to the embeddings are computed on
+    the whole batch (every image keeps all 2N - 2 negatives); then each micro-batch runs again with
+    autograd and back-propagates its slice of that gradient. Augmentation is drawn per micro-batch
+    and replayed from the saved generator state in the second pass (both passes see the same views,
+    and no view of the whole batch is held). Memory is that of one micro-batch, compute about 4/3 of
+    the plain step. Batch norm normalises each micro-batch with its own statistics (ghost BN) and
+    records them once, in the second pass.
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, augment: SimCLRAugment, criterion: NTXentLoss,
                  channels_last: bool = False, momentum: MomentumEncoder | None = None,
-                 queue: MemoryQueue | None = None):
+                 queue: MemoryQueue | None = None, micro_batch: int | None = None):
         self.model, self.net, self.augment, self.criterion = model, net, augment, criterion
         self.channels_last = channels_last
         self.momentum, self.queue = momentum, queue
+        self.micro_batch = micro_batch
+        self.computes_gradients = micro_batch is not None
         self._keys: torch.Tensor | None = None
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        queue = self.queue.keys if self.queue is not None else None
+        if self.micro_batch is not None:
+            return self._cached(batch, generator, queue)
         n = batch.images.shape[0]
-        views = torch.cat([self.augment(batch.images, batch.aspect, generator),
-                           self.augment(batch.images, batch.aspect, generator)])
-        views = input_layout(views, self.channels_last)
+        views = self._views(batch, generator, slice(0, n))
         z, monitor_logits = self.net(views)
-        loss = self.criterion(z[:n], z[n:], self.queue.keys if self.queue is not None else None)
+        loss = self.criterion(z[:n], z[n:], queue)
         logs = {"contrastive_loss": loss.detach()}
         if monitor_logits is not None:
             labels = torch.cat([batch.labels, batch.labels])
-            known = labels >= 0
-            count = known.sum().clamp_min(1)
-            ce = F.cross_entropy(monitor_logits.float(), labels.clamp_min(0), reduction="none")
-            ce = (ce * known).sum() / count
+            ce, logs["monitor_top1"] = monitor_terms(monitor_logits, labels, (labels >= 0).sum().clamp_min(1))
             loss = loss + ce
             logs["monitor_loss"] = ce.detach()
-            logs["monitor_top1"] = ((monitor_logits.argmax(1) == labels) & known).sum() / count
         if self.momentum is not None:
             self._keys = self.momentum(views)
         return loss, logs
+
+    def _views(self, batch: Batch, generator: torch.Generator, rows: slice) -> torch.Tensor:
+        """Both augmented views of the images ``rows`` (view 1 of every image, then view 2)."""
+        images, aspect = batch.images[rows], batch.aspect[rows]
+        return input_layout(torch.cat([self.augment(images, aspect, generator),
+                                       self.augment(images, aspect, generator)]), self.channels_last)
+
+    def _cached(self, batch: Batch, generator: torch.Generator,
+                queue: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The gradient-caching step (see the class docstring); returns the loss, gradients are set."""
+        m, labels = self.micro_batch, batch.labels
+        parts = [slice(i, i + m) for i in range(0, labels.shape[0], m)]
+        states, zs, keys = [], [], []
+        with torch.no_grad(), frozen_running_stats(self.model):
+            for rows in parts:
+                states.append(generator.get_state())
+                views = self._views(batch, generator, rows)
+                zs.append(self.net(views)[0])
+                if self.momentum is not None:
+                    keys.append(self.momentum(views))
+        z1 = torch.cat([z[:m] for z in zs]).requires_grad_()
+        z2 = torch.cat([z[m:] for z in zs]).requires_grad_()
+        loss = self.criterion(z1, z2, queue)
+        g1, g2 = torch.autograd.grad(loss, [z1, z2])
+        logs = {"contrastive_loss": loss.detach()}
+        count = 2 * (labels >= 0).sum().clamp_min(1)  # labeled views of the whole batch
+        for k, (rows, state) in enumerate(zip(parts, states)):
+            generator.set_state(state)
+            with no_sync(self.net, last=k == len(parts) - 1):
+                z, monitor_logits = self.net(self._views(batch, generator, rows))
+                surrogate = (z * torch.cat([g1[rows], g2[rows]]).to(z.dtype)).sum()
+                if monitor_logits is not None:
+                    ce, top1 = monitor_terms(monitor_logits, torch.cat([labels[rows]] * 2), count)
+                    surrogate = surrogate + ce
+                    logs["monitor_loss"] = logs.get("monitor_loss", 0) + ce.detach()
+                    logs["monitor_top1"] = logs.get("monitor_top1", 0) + top1
+                surrogate.backward()
+        if self.momentum is not None:
+            self._keys = torch.cat(keys)
+        return loss.detach() + logs.get("monitor_loss", 0), logs
 
     def after_update(self) -> None:
         if self.momentum is not None:
@@ -120,6 +170,14 @@ class ContrastiveStep(TrainStep):
         if self.momentum is not None:
             self.momentum.load_state_dict(state["momentum_encoder"])
             self.queue.load_state_dict(state["queue"])
+
+
+def monitor_terms(logits: torch.Tensor, labels: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The monitor's cross-entropy and correct predictions on the labeled views (label >= 0), each
+    summed and divided by ``count``, the labeled views of the whole batch."""
+    known = labels >= 0
+    ce = F.cross_entropy(at_least_float32(logits), labels.clamp_min(0), reduction="none")
+    return (ce * known).sum() / count, ((logits.argmax(1) == labels) & known).sum() / count
 
 
 def build(cfg: PretrainConfig, runtime: Runtime) -> Parts:
@@ -152,7 +210,8 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> 
         queue = MemoryQueue(cfg.memory, cfg.head_out_dim, seed=cfg.seed).to(runtime.device)
     channels_last = use_channels_last(cfg.channels_last, runtime.device)
     step = ContrastiveStep(model, net, SimCLRAugment(cfg.augment_config()), NTXentLoss(cfg.temperature),
-                           channels_last, momentum, queue)
+                           channels_last, momentum, queue,
+                           micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
 
     evaluate = None
     if cfg.knn_monitor and splits.holdout is not None and (train.labels >= 0).all():
