@@ -8,6 +8,7 @@ at batch B where it fits.
 
     python benchmarks/micro_batch.py                     # the BENCHMARKS.md table (CPU: ~15 min)
     python benchmarks/micro_batch.py --quick             # seconds: a tiny model, B 32, M 8
+    python benchmarks/micro_batch.py --micro-batches 64  # only M = 64 (and the plain step at 64)
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny case, seconds")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per measurement (after one warm-up)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--micro-batches", type=int, nargs="+", help="only these micro-batch sizes (and the "
+                        "plain step at them)")
     parser.add_argument("--one", nargs=3, metavar=("MODEL:SIZE", "BATCH", "MICRO"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -85,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_line(resolve_device(args.device)))
     rows = []
     for spec, plains, micros in (QUICK if args.quick else FULL):
+        if args.micro_batches:
+            plains = [b for b in plains if b in args.micro_batches]
+            micros = [(b, m) for b, m in micros if m in args.micro_batches]
         plain = {b: run_child(spec, b, None, args.steps, args.device) for b in plains}
         for b, m in micros:
             ours = run_child(spec, b, m, args.steps, args.device)
