@@ -358,3 +358,15 @@ def test_latest_falls_back_past_a_truncated_or_corrupted_newest_checkpoint(tmp_p
     stale.write_bytes(b"partial")
     manager.save({**good_payload(), "step": 12}, 12)
     assert not stale.exists() and manager.latest()[1]["step"] == 12
+
+
+def test_written_files_follow_the_umask_not_mkstemps_private_mode(tmp_path):
+    from simclrv2.checkpoint import FILE_MODE, atomic_write_bytes
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert FILE_MODE == 0o666 & ~mask
+    atomic_write_bytes(tmp_path / "result.json", b"{}")
+    path = save_checkpoint(good_payload(), tmp_path / "model.pt")
+    for written in (tmp_path / "result.json", path, path.with_name(path.name + ".sha256")):
+        assert written.stat().st_mode & 0o777 == FILE_MODE, written
