@@ -425,6 +425,19 @@ class StageConfig(RunOptions, RuntimeOptions, RecipeOptions, OptimOptions, DataO
     """Settings every training stage has, as option groups (fields in --help: data first)."""
 
 
+def with_absolute_paths(cfg: Any) -> Any:
+    """``cfg`` with every file or folder it names (data, eval data, checkpoints, out) made absolute,
+    for what is saved: a run's config and record must mean the same files from any folder.
+    Values that name no existing file ('digits', 'scratch') stay as they are."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if (f.metadata.get("path") or f.name == "out") and isinstance(value, str) and value and (
+                f.name == "out" or Path(value).exists()):
+            changes[f.name] = str(Path(value).absolute())
+    return dataclasses.replace(cfg, **changes)
+
+
 def resumable_changes(cls) -> frozenset[str]:
     """The keys of a stage config that may differ when a run is resumed: how it runs and where
     its files are (a moved run folder), not what is trained."""

@@ -177,3 +177,31 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert proc.returncode == 2 and "error: checkpoint" in proc.stderr.splitlines()[-1]
     assert "was trained with other settings (lr 0.1 -> 0.2)" in proc.stderr.splitlines()[-1]
     assert snapshot(out) == before
+
+
+def test_saved_config_and_record_name_the_files_from_any_folder(tmp_path, monkeypatch):
+    import yaml
+    from PIL import Image
+
+    from simclrv2.checkpoint import load_checkpoint
+    from simclrv2.data import open_images
+    from simclrv2.evaluate import training_eval_split
+    from simclrv2.record import Record
+
+    digits = open_images("digits", labeled=True)
+    for c in range(3):
+        (tmp_path / "images" / str(c)).mkdir(parents=True)
+        for k, i in enumerate((digits.labels == c).nonzero()[0][:10]):
+            Image.fromarray(digits.load(int(i))).save(tmp_path / "images" / str(c) / f"{k}.png")
+    monkeypatch.chdir(tmp_path)  # --data and --out as a user types them: relative
+    run(from_mapping(PretrainConfig, {"data": "images", "out": "run", "model": "r18_0.125x_sk0", "image_size": 16,
+                                      "epochs": 1, "batch_size": 8, "workers": 0, "holdout": 0.2,
+                                      "knn_monitor": False, "tensorboard": False}), pretrain.build)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"] == str(tmp_path / "images") and saved["out"] == str(tmp_path / "run")
+    record = Record.from_payload(load_checkpoint(tmp_path / "run" / "model.pt"), "model.pt")
+    assert record.held_out.data == str(tmp_path / "images") and record.config["data"] == saved["data"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the held-out images are found again from another folder
+    assert len(training_eval_split(record, "model.pt")) == 6

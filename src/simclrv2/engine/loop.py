@@ -33,7 +33,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import StageConfig, resumable_changes, save_yaml, to_dict
+from ..config import StageConfig, resumable_changes, save_yaml, to_dict, with_absolute_paths
 from ..data.loader import Batch, Loader
 from ..distributed import Runtime
 from ..errors import UserError
@@ -149,9 +149,10 @@ class Engine:
             if "peak_lr" in group:
                 group["lr_scale"] = group["peak_lr"] / max(peak, 1e-12)
         self.autocast = autocast_dtype(cfg.precision, runtime.device)
+        saved = with_absolute_paths(cfg)  # what config.yaml and the record say: valid from any folder
         self.record = dataclasses.replace(
-            parts.record, held_out=HeldOut(cfg.data, cfg.eval_data, cfg.holdout, cfg.seed),
-            config=to_dict(cfg), versions=versions())
+            parts.record, held_out=HeldOut(saved.data, saved.eval_data, saved.holdout, saved.seed),
+            config=to_dict(saved), versions=versions())
         self.bad_steps = torch.zeros((), device=runtime.device)
         self.metrics = MetricsLog(folder.path / "metrics.jsonl", runtime.is_main, cfg.tensorboard)
 
@@ -372,7 +373,7 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
             if runtime.is_main:
                 if cfg.overwrite:
                     folder.clear()
-                save_yaml(to_dict(parts.cfg), folder.path / "config.yaml")
+                save_yaml(engine.record.config, folder.path / "config.yaml")
                 if parts.labeled is not None:
                     parts.labeled.write_labeled(folder.path / "labeled.txt")
             dist_utils.barrier()
