@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
 from .distributed import is_main_process
 from .errors import UserError

@@ -32,14 +32,13 @@ from ..data.splits import micro_batch_size, open_labeled_splits, open_splits
 from ..distributed import Runtime
 from ..errors import UserError
 from ..losses import at_least_float32, distillation_loss, teacher_entropy
-from ..metrics import classification_metrics, predict_logits
 from ..models import build_model, classifier_config, count_parameters, parse_model_name
 from ..models.checkpoints import load_classifier, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
 from ..engine.placement import input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
-from .finetune import accumulate
+from .finetune import accumulate, holdout_evaluation
 
 log = logging.getLogger("simclrv2")
 
@@ -183,14 +182,11 @@ def distill_parts(cfg: DistillConfig, runtime: Runtime, teacher: nn.Module, teac
 
     evaluate = None
     if holdout is not None:
+        of_student = holdout_evaluation(student, holdout, names, cfg, runtime)
+        of_teacher = holdout_evaluation(teacher, holdout, names, cfg, runtime, prefix="teacher_holdout")
+
         def evaluate() -> dict[str, Any]:
-            result = {}
-            for prefix, network in (("holdout", student), ("teacher_holdout", teacher)):
-                logits, labels = predict_logits(network, holdout, cfg.image_size, runtime, 256, cfg.workers,
-                                                cfg.cache, cfg.strict_data)
-                metrics = classification_metrics(logits, labels, names)
-                result.update({f"{prefix}_top1": metrics["top1"], f"{prefix}_top5": metrics["top5"]})
-            return result
+            return {**of_student(), **of_teacher()}
 
     record = Record("distill", model_config, cfg.image_size, names, cfg.teacher)
     # Unlike fine-tuning, the student's classifier keeps the LARS trust ratio: it trains from

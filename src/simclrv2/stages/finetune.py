@@ -143,8 +143,9 @@ def accumulate(step, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[
 
 
 def holdout_evaluation(model: nn.Module, holdout: ImageSet | None, names: list[str], cfg: StageConfig,
-                       runtime: Runtime):
-    """The held-out top-1/top-5 of a classifier, as a Parts.evaluate (None without held-out images)."""
+                       runtime: Runtime, prefix: str = "holdout"):
+    """The held-out top-1/top-5 of a classifier (``PREFIX_top1``, ``PREFIX_top5``), as a
+    Parts.evaluate (None without held-out images)."""
     if holdout is None:
         return None
 
@@ -152,7 +153,7 @@ def holdout_evaluation(model: nn.Module, holdout: ImageSet | None, names: list[s
         logits, labels = predict_logits(model, holdout, cfg.image_size, runtime, 256, cfg.workers, cfg.cache,
                                         cfg.strict_data)
         metrics = classification_metrics(logits, labels, names)
-        return {"holdout_top1": metrics["top1"], "holdout_top5": metrics["top5"]}
+        return {f"{prefix}_top1": metrics["top1"], f"{prefix}_top5": metrics["top5"]}
 
     return evaluate
 
