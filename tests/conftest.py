@@ -41,3 +41,32 @@ def demo_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pretrained(demo_run) -> Path:
     return demo_run / "pretrain" / "model.pt"
+
+
+def save_random_model(path: Path, config: dict, image_size: int = 16, class_names=None, seed: int = 0) -> Path:
+    """A checkpoint of ``config`` with random weights and BN statistics (every layer shows)."""
+    from simclrv2.checkpoint import save_checkpoint
+    from simclrv2.models import build_model
+    from simclrv2.record import Record
+
+    torch.manual_seed(seed)
+    model = build_model(config)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                tensor.normal_(0, 0.1)
+    stage = "pretrain" if config["kind"] == "contrastive" else "finetune"
+    record = Record(stage, config, image_size, class_names)
+    save_checkpoint({"record": record.to_data(), "model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """A small contrastive checkpoint (random weights, CIFAR stem, 16 px): seconds to embed digits."""
+    from simclrv2.models import contrastive_config
+
+    config = contrastive_config("r18_0.125x_sk0", small_images=True)
+    return save_random_model(tmp_path_factory.mktemp("tiny") / "pretrained.pt", config)

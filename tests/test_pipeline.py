@@ -19,7 +19,7 @@ from conftest import SHORT_DEMO
 from simclrv2.report import results_table
 
 STAGES = ["pretrain", "linear_eval", "finetune_2perclass", "supervised_2perclass", "distill_self_2perclass",
-          "distill_r18_0.125x_sk0_2perclass"]
+          "distill_r18_0.125x_sk0_2perclass", "select_2perclass", "finetune_selected_2perclass"]
 
 
 def test_demo_pipeline_shows_the_papers_gains(demo_run):
@@ -34,10 +34,31 @@ def test_demo_pipeline_shows_the_papers_gains(demo_run):
     assert "| fine-tuned |" in table and "| supervised baseline |" in table and "distilled (self)" in table
 
 
+def test_demo_fine_tunes_on_selected_labels_beside_random_ones(demo_run):
+    results = json.loads((demo_run / "results.json").read_text())["stages"]
+    selected = (demo_run / "select_2perclass" / "selected.txt").read_text().splitlines()
+    assert len(selected) == results["finetune_2perclass"]["labeled_images"] == 20
+    assert results["finetune_selected_2perclass"]["labeled_images"] == 20
+    assert results["finetune_selected_2perclass"]["selected"] is True
+    assert "| fine-tuned (selected labels) |" in results_table(demo_run)
+    report = (demo_run / "report.md").read_text()
+    assert "(select_2perclass/map.png)" in report and "(select_2perclass/contact_sheet.png)" in report
+
+
+def test_select_section_is_validated_and_adds_selected_stages(tmp_path):
+    cfg = load_pipeline_config(str(packaged_config("demo")), ['labels=["1%", "all"]', "select.distill=true"],
+                               {"out": str(tmp_path)})
+    folders = [stage.id.folder for stage in plan(cfg)]
+    assert "select_1pct" in folders and "finetune_selected_1pct" in folders
+    assert "distill_self_selected_1pct" in folders and "select_all" not in folders
+    with pytest.raises(Exception, match="select.method"):
+        plan(load_pipeline_config(str(packaged_config("demo")), ["select.method=best"], {"out": str(tmp_path)}))
+
+
 def test_report_has_table_and_figures(demo_run):
     report = (demo_run / "report.md").read_text()
     assert "| method |" in report
-    for figure in ("training_curves.png", "accuracy_vs_labels.png", "confusion_matrix.png", "embedding_pca.png"):
+    for figure in ("training_curves.png", "accuracy_vs_labels.png", "confusion_matrix.png", "embedding_tsne.png"):
         assert f"({figure})" in report
         assert (demo_run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,6 @@ so ``--help`` lists every setting with its default, and ``--config FILE.yaml`` p
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import traceback
@@ -39,10 +38,12 @@ def _run_stage(stage) -> Callable[[argparse.Namespace], int]:
         from .config import from_args
         from .engine import run
 
+        from .engine.summary import summary_text
+
         cfg = from_args(stage.config, args, args.config, args.set)
         result = run(cfg, stage.build)
         if is_main_process():
-            print(json.dumps(result, indent=2, default=float))
+            print(summary_text({"stage": stage.name, **result}, cfg.out))
         return 0
 
     return handler
@@ -81,11 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     for stage in STAGES.values():
         add_stage_command(sub, stage)
-    from . import evaluate, pipeline, predict, report
+    from . import embed, evaluate, pipeline, predict, report
+    from .selection import command as select
     from .convert import export, tf_import
 
     evaluate.register(sub)
     predict.register(sub)
+    embed.register(sub)
+    select.register(sub)
     pipeline.register(sub)
     report.register(sub)
     tf_import.register(sub)

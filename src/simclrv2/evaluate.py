@@ -25,6 +25,11 @@ from .record import Record
 def training_eval_split(record: Record, source: str) -> ImageSet:
     """The held-out images of the run that wrote a checkpoint (from its record)."""
     held = record.held_out
+    if held.annotations and not held.eval_data and held.holdout > 0 and held.data:
+        from .data.splits import annotated
+
+        images, _, index = annotated(held.data, held.annotations, held.holdout, held.seed)
+        return images.subset(index)
     if held.eval_data:
         return open_images(held.eval_data, labeled=True)
     if held.holdout > 0 and held.data:

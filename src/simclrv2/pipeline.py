@@ -12,10 +12,13 @@ A pipeline config names the data once and gives each stage its settings::
     supervised: {}            # the supervised baseline (--from scratch) over the finetune settings
     linear_eval: {}           # linear evaluation of the pretrained encoder
     distill: {epochs: 400, students: [self, r18_1x_sk0]}
+    select: {method: typiclust}  # optional: also choose the labeled images (`simclrv2 select`), as many
+                              # as each label spec draws, and fine-tune (and distill) on them
     skip: []                  # any of supervised, linear_eval, distill
 
 Stage folders: ``pretrain``, ``linear_eval``, ``finetune_1pct``, ``supervised_1pct``,
-``distill_self_1pct``, ``distill_<encoder>_1pct``. Re-running the same command skips the
+``distill_self_1pct``, ``distill_<encoder>_1pct``; with ``select``: ``select_1pct``,
+``finetune_selected_1pct``, ``distill_self_selected_1pct``. Re-running the same command skips the
 finished stages (those with a result.json) and resumes an interrupted one from its latest
 good checkpoint. Every key, type and value, the data paths and the label specs are validated
 before the first stage starts (what only a stage can see, such as a batch too large for the
@@ -37,6 +40,7 @@ from typing import Any, Callable, List, Optional
 from .config import apply_overrides, from_mapping, load_yaml, option, save_yaml
 from .errors import UserError
 from .models import parse_model_name
+from .selection.command import SELECTED, SelectOptions, SelectStage
 
 log = logging.getLogger("simclrv2")
 
@@ -66,6 +70,9 @@ class PipelineConfig:
     linear_eval: Optional[dict] = option(None, "settings of `simclrv2 linear-eval`")
     distill: Optional[dict] = option(None, "settings of `simclrv2 distill`, plus 'students': a list of "
                                      "encoders ('self' = the teacher's; default [self])")
+    select: Optional[dict] = option(None, "choose the labeled images from the pretrained features as well "
+                                    "({method, layer, distill}; see `simclrv2 select`): a 'selected labels' row "
+                                    "beside each random one")
 
     def label_specs(self) -> list[str]:
         return [str(x) for x in (self.labels if self.labels is not None else ["1%", "10%"])]
@@ -79,22 +86,31 @@ class StageId:
     """What a pipeline stage is: its kind, label spec and student. Its folder, its row in the
     report and its results entry all come from here (nothing parses folder names)."""
 
-    kind: str  # pretrain, linear_eval, finetune, supervised, distill
+    kind: str  # pretrain, linear_eval, select, finetune, supervised, distill
     labels: Optional[str] = None
     student: Optional[str] = None  # distill: "self" or the student's encoder
+    selected: bool = False  # trained on the images `select` chose (as many as ``labels`` draws)
 
     @property
     def folder(self) -> str:
         if self.kind in ("pretrain", "linear_eval"):
             return self.kind
         name = f"distill_{self.student}" if self.kind == "distill" else self.kind
-        return f"{name}_{label_slug(self.labels)}"
+        return f"{name}_{'selected_' if self.selected else ''}{label_slug(self.labels)}"
 
     @property
     def row(self) -> str:
         """The report's row: the paper's name for the method."""
-        return {"pretrain": "pretrained", "linear_eval": "linear eval (all labels)", "finetune": "fine-tuned",
-                "supervised": "supervised baseline"}.get(self.kind, f"distilled ({self.student})")
+        name = {"pretrain": "pretrained", "linear_eval": "linear eval (all labels)", "finetune": "fine-tuned",
+                "supervised": "supervised baseline", "select": "selection"}.get(self.kind)
+        if name is None:
+            return f"distilled ({self.student}{', selected labels' if self.selected else ''})"
+        return f"{name} (selected labels)" if self.selected else name
+
+    @classmethod
+    def from_result(cls, entry: dict[str, Any]) -> "StageId":
+        """The id stored in a results.json entry (runs written before ``selected`` existed lack it)."""
+        return cls(**{f.name: entry[f.name] for f in dataclasses.fields(cls) if f.name in entry})
 
 
 @dataclass
@@ -155,18 +171,34 @@ def plan(cfg: PipelineConfig) -> list[PlannedStage]:
     for student in students:
         if student != "self":
             parse_model_name(str(student))
+    selecting = from_mapping(SelectOptions, cfg.select, prefix="select.") if cfg.select is not None else None
+
+    def distill_from(finetuned: StageId) -> None:
+        teacher = str(root / finetuned.folder / "model.pt")
+        for student in students:
+            name = "self" if student in ("self", encoder) else str(student)
+            extra = {} if name == "self" else {"student": name}
+            add(StageId("distill", finetuned.labels, name, finetuned.selected), "distill", distill_section,
+                teacher=teacher, **extra)
+
     for label in cfg.label_specs():
         finetuned = StageId("finetune", label)
-        add(finetuned, "finetune", finetune_section, **{"from": pretrained, "labels": label})
+        match = add(finetuned, "finetune", finetune_section, **{"from": pretrained, "labels": label})
         if cfg.runs("supervised"):
             base = {"model": encoder, "image_size": image_size, **finetune_section, **_section(cfg, "supervised")}
             add(StageId("supervised", label), "supervised", base, **{"from": "scratch", "labels": label})
         if cfg.runs("distill"):
-            teacher = str(root / finetuned.folder / "model.pt")
-            for student in students:
-                name = "self" if student in ("self", encoder) else str(student)
-                extra = {} if name == "self" else {"student": name}
-                add(StageId("distill", label, name), "distill", distill_section, teacher=teacher, **extra)
+            distill_from(finetuned)
+        if selecting is None or label == "all":
+            continue
+        chosen = StageId("select", label)
+        stages.append(PlannedStage(chosen, SelectStage(str(root / chosen.folder), pretrained, match, selecting,
+                                                       match.workers, match.device)))
+        on_chosen = StageId("finetune", label, selected=True)
+        add(on_chosen, "finetune", finetune_section,
+            **{"from": pretrained, "labels": str(root / chosen.folder / SELECTED)})
+        if cfg.runs("distill") and selecting.distill:
+            distill_from(on_chosen)
     return stages
 
 
@@ -209,6 +241,11 @@ def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info
     results: dict[str, Any] = {}
     for i, stage in enumerate(stages, 1):
         name = stage.id.folder
+        if isinstance(stage.cfg, SelectStage):
+            done = stage.cfg.finished
+            progress(f"[{i}/{len(stages)}] {name}" + (": finished earlier, skipped" if done else ""))
+            results[name] = stage.cfg.result() if done else stage.cfg.run()
+            continue
         folder = RunFolder(stage.cfg.out)
         if folder.finished:
             progress(f"[{i}/{len(stages)}] {name}: finished earlier, skipped")

@@ -28,6 +28,7 @@ class HeldOut:
     eval_data: Optional[str] = None
     holdout: float = 0.0
     seed: int = 0
+    annotations: Optional[str] = None  # a --labels .csv: the labels (and held-out part) come from it
 
 
 @dataclass(frozen=True)

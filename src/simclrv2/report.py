@@ -1,10 +1,12 @@
-"""The report of a pipeline run: ``report.md`` and PNG figures, rebuilt by ``simclrv2 report RUN_DIR``.
+"""The report of a run: ``report.md`` and PNG figures, written by ``simclrv2 report RUN_DIR``.
 
-It reads only what the stages wrote (result.json, metrics.jsonl, model.pt of each stage
-folder): a results table like the paper's (rows: supervised baseline, linear evaluation,
-fine-tuned, distilled students; columns: label fractions, held-out top-1), the training curves
-of each stage, accuracy against label fraction, the confusion matrix of the best classifier,
-and a PCA embedding of the pretrained features of the held-out images coloured by class.
+It reads only what the stages wrote (result.json, metrics.jsonl, model.pt of each stage folder). For a
+pipeline (``simclrv2 run``): a results table like the paper's (rows: supervised baseline, linear
+evaluation, fine-tuned, distilled students; columns: label fractions, held-out top-1), the training
+curves, the time of each stage, accuracy against label fraction, the confusion matrix of the best
+few-label classifier, the images a label selection chose (when the run had a ``select`` section), and a
+t-SNE map of the pretrained features of the held-out images coloured by class. For one stage's folder:
+its summary, training curve, and the confusion matrix or t-SNE map of its held-out images.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import atomic_write_bytes
+from .engine.summary import duration, summary_text
 from .errors import UserError
+from .selection.figures import save_figure
 
 MAX_EMBEDDED = 2000  # images in the embedding plot
 
@@ -25,7 +29,8 @@ MAX_EMBEDDED = 2000  # images in the embedding plot
 def _load_results(run: Path) -> dict[str, Any]:
     path = run / "results.json"
     if not path.is_file():
-        raise UserError(f"{run} has no results.json: it is not a finished `simclrv2 run` folder (run it first)")
+        raise UserError(f"{run} has neither results.json nor result.json: it is not a finished run folder "
+                        "(finish or resume the run first)")
     return json.loads(path.read_text())
 
 
@@ -35,10 +40,10 @@ def _rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float
 
     labels = results["labels"]
     rows: dict[str, dict[str, float | None]] = {}
-    order = ["supervised baseline", "linear eval (all labels)", "fine-tuned"]
+    order = ["supervised baseline", "linear eval (all labels)", "fine-tuned", "fine-tuned (selected labels)"]
     for stage in results["stages"].values():
-        stage_id = StageId(stage["kind"], stage["labels"], stage["student"])
-        if stage_id.kind == "pretrain":
+        stage_id = StageId.from_result(stage)
+        if stage_id.kind in ("pretrain", "select"):
             continue
         if stage_id.row not in order:
             order.append(stage_id.row)
@@ -51,12 +56,14 @@ def _rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float
 
 def results_table(run: Path) -> str:
     """The paper-style table as markdown: held-out top-1 (%) by label fraction."""
+    from .pipeline import StageId
+
     results = _load_results(run)
     labels, rows = _rows(results)
     counts = {}
     for stage in results["stages"].values():
-        if stage["kind"] == "finetune":
-            counts[stage["labels"]] = stage.get("labeled_images")
+        if stage["kind"] == "finetune" and not StageId.from_result(stage).selected:
+            counts[stage["labels"]] = stage["labeled_images"]
     header = "| method | " + " | ".join(f"{lab} ({counts.get(lab, '?')} labeled)" for lab in labels) + " |"
     lines = [header, "|---|" + "---:|" * len(labels)]
     for name, values in rows.items():
@@ -65,24 +72,34 @@ def results_table(run: Path) -> str:
     return "\n".join(lines)
 
 
+def _train_records(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == "train" and "loss" in r]
+
+
+def _plot_stage_curve(ax, folder: Path, name: str) -> bool:
+    """One stage's training loss against epoch on ``ax``; False when it logged nothing."""
+    train = _train_records(folder)
+    if not train:
+        return False
+    # Distillation: the KL to the teacher (0 when matched), not the cross-entropy, which
+    # levels off at the teacher's entropy and would hide the progress on a log axis.
+    key = "distill_kl" if all("distill_kl" in r for r in train) else "loss"
+    # (a KL of a matched student can round to slightly below 0: floor it for the log axis)
+    values = [max(r[key], 1e-6) if key == "distill_kl" else r[key] for r in train]
+    # markers, so that a run of one or two logged points still shows
+    ax.plot([r["epoch"] for r in train], values, marker="o", markersize=3 if len(train) > 20 else 5,
+            label=name + (" (KL to teacher)" if key == "distill_kl" else ""))
+    return True
+
+
 def _plot_curves(run: Path, results: dict[str, Any], plt) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in results["stages"]:
-        path = run / name / "metrics.jsonl"
-        if not path.is_file():
-            continue
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        train = [r for r in records if r.get("kind") == "train" and "loss" in r]
-        if not train:
-            continue
-        ax = axes[0] if name == "pretrain" else axes[1]
-        # Distillation: the KL to the teacher (0 when matched), not the cross-entropy, which
-        # levels off at the teacher's entropy and would hide the progress on a log axis.
-        key = "distill_kl" if all("distill_kl" in r for r in train) else "loss"
-        # (a KL of a matched student can round to slightly below 0: floor it for the log axis)
-        values = [max(r[key], 1e-6) if key == "distill_kl" else r[key] for r in train]
-        ax.plot([r["epoch"] for r in train], values,
-                label=name + (" (KL to teacher)" if key == "distill_kl" else ""))
+        _plot_stage_curve(axes[0] if name == "pretrain" else axes[1], run / name, name)
     axes[0].set(title="pretraining (NT-Xent loss)", xlabel="epoch", ylabel="loss")
     axes[1].set(title="fine-tuning, baseline (cross-entropy); distillation (KL)", xlabel="epoch",
                 ylabel="loss", yscale="log")
@@ -90,38 +107,62 @@ def _plot_curves(run: Path, results: dict[str, Any], plt) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(run / "training_curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, run / "training_curves.png")
     return "training_curves.png"
+
+
+MARKERS = "osD^vP*Xh<>"
 
 
 def _plot_label_fractions(run: Path, results: dict[str, Any], plt) -> str:
     labels, rows = _rows(results)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     x = np.arange(len(labels))
-    for name, values in rows.items():
+    # each series a little to the side and with its own marker, so that equal values do not hide each other
+    offsets = np.linspace(-0.12, 0.12, len(rows)) if len(rows) > 1 else [0.0]
+    for k, (name, values) in enumerate(rows.items()):
         y = [100 * values[lab] if values.get(lab) is not None else np.nan for lab in labels]
-        ax.plot(x, y, marker="o", label=name, linestyle="--" if "linear" in name else "-")
+        ax.plot(x + offsets[k], y, marker=MARKERS[k % len(MARKERS)], label=name,
+                linestyle="--" if "linear" in name else "-")
     ax.set_xticks(x, labels)
     ax.set(xlabel="labels used", ylabel="held-out top-1 (%)", title="accuracy against label fraction")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(run / "accuracy_vs_labels.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, run / "accuracy_vs_labels.png")
     return "accuracy_vs_labels.png"
 
 
 def _best_classifier(results: dict[str, Any]) -> str | None:
-    scored = [(s.get("holdout_top1") or -1, name) for name, s in results["stages"].items()
-              if s["kind"] in ("finetune", "distill", "supervised", "linear_eval")]
-    scored = [x for x in scored if x[0] >= 0]
-    return max(scored)[1] if scored else None
+    """The best classifier trained on a label subset (the linear evaluation uses every label); else the best."""
+    scored = [(s["holdout_top1"], name, s["kind"] != "linear_eval" and s["labels"] != "all")
+              for name, s in results["stages"].items()
+              if s["kind"] in ("finetune", "distill", "supervised", "linear_eval") and s.get("holdout_top1") is not None]
+    few = [x for x in scored if x[2]]
+    return max(few or scored)[1] if scored else None
+
+
+def time_table(results: dict[str, Any]) -> str:
+    """Steps and training time of every stage."""
+    lines = ["| stage | steps | training time |", "|---|---:|---:|"]
+    total = 0.0
+    for name, stage in results["stages"].items():
+        seconds = stage.get("train_seconds")
+        if seconds is None:
+            continue
+        total += seconds
+        lines.append(f"| {name} | {stage.get('steps', '')} | {duration(seconds)} |")
+    lines.append(f"| all stages | | {duration(total)} |")
+    return "\n".join(lines)
 
 
 def _plot_confusion(run: Path, best: str, plt) -> tuple[str, dict[str, Any]]:
     from .evaluate import evaluate
 
     metrics = evaluate(str(run / best / "model.pt"), out=str(run / best / "evaluation"), device="cpu")["metrics"]
+    return _confusion_figure(run, best, metrics, plt), metrics
+
+
+def _confusion_figure(run: Path, best: str, metrics: dict[str, Any], plt) -> str:
     matrix = np.array(metrics["confusion_matrix"])
     names = metrics["class_names"]
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -136,20 +177,19 @@ def _plot_confusion(run: Path, best: str, plt) -> tuple[str, dict[str, Any]]:
                             color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"{best}: top-1 {100 * metrics['top1']:.1f}%")
     fig.tight_layout()
-    fig.savefig(run / "confusion_matrix.png", dpi=110)
-    plt.close(fig)
-    return "confusion_matrix.png", metrics
+    save_figure(fig, run / "confusion_matrix.png")
+    return "confusion_matrix.png"
 
 
-def _plot_embedding(run: Path, plt) -> str | None:
-    import torch
-
+def _plot_embedding(run: Path, path: Path | None = None) -> str | None:
+    """t-SNE of the pretrained features of the held-out images, coloured by class."""
     from .distributed import single_process
+    from .embed import embed_images, feature_fn
     from .evaluate import training_eval_split
-    from .metrics import eval_loader, extract_features
     from .models.checkpoints import load_model
+    from .selection import figures
 
-    path = run / "pretrain" / "model.pt"
+    path = path or run / "pretrain" / "model.pt"
     if not path.is_file():
         return None
     model, record = load_model(path)
@@ -160,32 +200,82 @@ def _plot_embedding(run: Path, plt) -> str | None:
     if len(images) > MAX_EMBEDDED:
         keep = np.random.default_rng(0).choice(len(images), MAX_EMBEDDED, replace=False)
         images = images.subset(np.sort(keep))
-    runtime = single_process("cpu")
-    feats, labels = extract_features(model.encoder, eval_loader(images, record.image_size, runtime, 256, 0))
-    feats = feats - feats.mean(0)
-    _, _, v = torch.pca_lowrank(feats, q=2, center=False)
-    xy = (feats @ v[:, :2]).numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels.numpy(), cmap="tab10" if len(images.class_names) <= 10
-                         else "tab20", s=6)
-    if len(images.class_names) <= 20:
-        handles, _ = scatter.legend_elements()
-        ax.legend(handles, images.class_names[:len(handles)], fontsize=7, markerscale=0.8, loc="best")
-    ax.set(title="pretrained features of held-out images (PCA)", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(run / "embedding_pca.png", dpi=110)
-    plt.close(fig)
-    return "embedding_pca.png"
+    embedding = embed_images(feature_fn(model, 0), images, record.image_size, single_process("cpu").device, 256, 0)
+    rows = np.flatnonzero(embedding.ok)
+    xy = figures.tsne_2d(embedding.features[rows])
+    figures.plot_map(xy, run / "embedding_tsne.png", "pretrained features of the held-out images (t-SNE)",
+                     colour=images.labels[rows], colour_names=images.class_names)
+    return "embedding_tsne.png"
 
 
-def write_report(run: str | Path) -> Path:
-    """Write RUN/report.md and its figures from the stage folders."""
+def _selection_section(run: Path, results: dict[str, Any]) -> list[str]:
+    """The map and contact sheet of the first selection, and how each selection compares."""
+    chosen = [name for name, stage in results["stages"].items() if stage["kind"] == "select"]
+    if not chosen:
+        return []
+    first = results["stages"][chosen[0]]
+    lines = ["## Which images were labeled", "",
+             f"Rows marked *selected labels* fine-tune on images chosen by `simclrv2 select --method {first['method']}` "
+             "from the pretrained features (no label read), as many as the random subset of the same column holds.", ""]
+    for name in chosen:
+        stage = results["stages"][name]
+        lines.append(f"- `{name}`: {stage['budget']} images chosen of {stage['candidates']} "
+                     f"(`{name}/selected.txt`, `{name}/selection.csv`)")
+    lines += ["", f"![selection map]({chosen[0]}/map.png)", "",
+              f"![chosen images]({chosen[0]}/contact_sheet.png)", ""]
+    return lines
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_stage_report(folder: Path) -> Path:
+    """FOLDER/report.md of one stage's run folder: its summary, training curve and, where it held images
+    out, the confusion matrix (classifiers) or the t-SNE map of the features (pretraining)."""
+    from .evaluate import evaluate
+
+    plt = _pyplot()
+    result = json.loads((folder / "result.json").read_text())
+    lines = [f"# {result.get('stage', 'stage')} run report", "", "```", summary_text(result, folder), "```", ""]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if _plot_stage_curve(ax, folder, result.get("stage", folder.name)):
+        ax.set(title="training loss", xlabel="epoch", ylabel="loss",
+               yscale="log" if result.get("stage") != "pretrain" else "linear")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save_figure(fig, folder / "training_curves.png")
+        lines += ["## Training curve", "", "![training curve](training_curves.png)", ""]
+    else:
+        plt.close(fig)
+    model = folder / "model.pt"
+    if model.is_file() and "holdout_top1" in result:
+        metrics = evaluate(str(model), out=str(folder / "evaluation"), device="cpu")["metrics"]
+        figure = _confusion_figure(folder, folder.name, metrics, plt)
+        lines += ["## Confusion matrix on the held-out images", "",
+                  f"Top-1 {100 * metrics['top1']:.1f}%, top-5 {100 * metrics['top5']:.1f}% on {metrics['images']} "
+                  "held-out images (per-class figures: `evaluation/evaluation.txt`).", "", f"![confusion matrix]({figure})",
+                  ""]
+    elif model.is_file() and "knn_top1" in result:
+        embedding = _plot_embedding(folder, model)
+        if embedding:
+            lines += ["## Features of the held-out images", "", f"![embedding]({embedding})", ""]
+    path = folder / "report.md"
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
+
+
+def write_report(run: str | Path) -> Path:
+    """Write RUN/report.md and its figures: of a pipeline (``simclrv2 run``) or of one stage's folder."""
     run = Path(run)
+    if not (run / "results.json").is_file() and (run / "result.json").is_file():
+        return write_stage_report(run)
+    plt = _pyplot()
     results = _load_results(run)
     lines = ["# SimCLRv2 run report", "", f"Run folder: `{run}`", "",
              "## Held-out top-1 accuracy (%)", "", results_table(run), "",
@@ -193,16 +283,18 @@ def write_report(run: str | Path) -> Path:
              "baseline is the same network trained from random weights on the same labels for the same "
              "number of steps.", ""]
     lines += ["## Training curves", "", f"![training curves]({_plot_curves(run, results, plt)})", ""]
+    lines += ["## Time per stage", "", time_table(results), ""]
     lines += ["## Accuracy against label fraction", "",
               f"![accuracy against labels]({_plot_label_fractions(run, results, plt)})", ""]
     best = _best_classifier(results)
     if best:
         figure, metrics = _plot_confusion(run, best, plt)
-        lines += [f"## Confusion matrix of the best classifier ({best})", "",
+        lines += [f"## Confusion matrix of the best few-label classifier ({best})", "",
                   f"Top-1 {100 * metrics['top1']:.1f}%, top-5 {100 * metrics['top5']:.1f}% on "
                   f"{metrics['images']} held-out images (per-class figures: `{best}/evaluation/evaluation.txt`).",
                   "", f"![confusion matrix]({figure})", ""]
-    embedding = _plot_embedding(run, plt)
+    lines += _selection_section(run, results)
+    embedding = _plot_embedding(run)
     if embedding:
         lines += ["## Pretrained representation", "", f"![embedding]({embedding})", ""]
     path = run / "report.md"
@@ -211,14 +303,20 @@ def write_report(run: str | Path) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = write_report(args.run)
-    print(results_table(Path(args.run)))
+    run = Path(args.run)
+    if not run.is_dir():
+        raise UserError(f"{run} is not a folder: pass the --out folder of a training command or of `simclrv2 run`")
+    path = write_report(run)
+    if (run / "results.json").is_file():
+        print(results_table(run))
+    else:
+        print(summary_text(json.loads((run / "result.json").read_text()), run))
     print(f"report: {path}")
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("report", help="rebuild report.md and the figures of a `simclrv2 run` folder",
+    p = sub.add_parser("report", help="report.md and its figures for a run folder (a pipeline's or one stage's)",
                        description=__doc__)
-    p.add_argument("run", metavar="RUN_DIR", help="the out folder of `simclrv2 run` or `simclrv2 demo`")
+    p.add_argument("run", metavar="RUN_DIR", help="the out folder of `simclrv2 run`/`demo`, or of one training command")
     p.set_defaults(func=cmd_report)

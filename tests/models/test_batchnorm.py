@@ -70,3 +70,34 @@ def test_batchnorm_normalises_as_pytorch_and_only_the_running_variance_differs(s
     theirs.running_var.copy_(ours.running_var)
     theirs.eval()
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_recalibration_leaves_the_mean_batch_statistics_in_float64():
+    from simclrv2.models.batchnorm import recalibrate
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), BatchNorm(4), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1),
+                              BatchNorm(2)).double()
+    for layer in (net[1], net[4]):
+        layer.running_mean.fill_(5.0)  # stale statistics, as after a short run
+        layer.running_var.fill_(9.0)
+    batches = [torch.randn(6, 3, 5, 5, dtype=torch.float64) * (k + 1) + k for k in range(4)]
+    net.eval()
+    assert recalibrate(net, iter(batches)) == 4
+    assert not net.training and net[1].momentum == 0.1  # mode and momentum restored
+    with torch.no_grad():
+        means, variances = {1: [], 4: []}, {1: [], 4: []}
+        for x in batches:  # the reference: batch statistics in training mode, layer by layer
+            h = x
+            for i, layer in enumerate(net):
+                if i in means:
+                    means[i].append(h.mean((0, 2, 3)))
+                    variances[i].append(h.var((0, 2, 3), unbiased=False))
+                    h = (h - means[i][-1][None, :, None, None]) / (variances[i][-1][None, :, None, None]
+                                                                 + layer.eps).sqrt()
+                    h = h * layer.weight[None, :, None, None] + layer.bias[None, :, None, None]
+                else:
+                    h = layer(h)
+    for i in (1, 4):
+        torch.testing.assert_close(net[i].running_mean, torch.stack(means[i]).mean(0))
+        torch.testing.assert_close(net[i].running_var, torch.stack(variances[i]).mean(0))

@@ -195,3 +195,19 @@ def test_batch_cap_is_a_multiple_of_the_process_count():
     assert capped_batch(60, 145, 8) == 56
     with pytest.raises(UserError, match="3 labeled images cannot be split over 4 processes"):
         capped_batch(1024, 3, 4)
+
+
+def test_batch_norm_statistics_are_re_estimated_at_the_end_unless_turned_off(tiny_pretrained, tmp_path):
+    from simclrv2.checkpoint import load_checkpoint
+    from simclrv2.cli import main
+
+    base = ["finetune", "--from", str(tiny_pretrained), "--data", "digits", "--labels", "2/class", "--epochs", "2",
+            "--holdout", "0.2", "--workers", "0", "--device", "cpu", "--no-tensorboard"]
+    assert main(base + ["--out", str(tmp_path / "on"), "--recalibrate-bn", "300"]) == 0
+    assert main(base + ["--out", str(tmp_path / "off"), "--recalibrate-bn", "0"]) == 0
+    on, off = (load_checkpoint(tmp_path / name / "model.pt") for name in ("on", "off"))
+    assert on["result"]["bn_recalibration_images"] == 300 and "bn_recalibration_images" not in off["result"]
+    stats = [k for k in on["model"] if k.endswith("running_mean")]
+    weights = [k for k in on["model"] if k.endswith(".weight")]
+    assert all(torch.equal(on["model"][k], off["model"][k]) for k in weights)  # same training
+    assert all(not torch.equal(on["model"][k], off["model"][k]) for k in stats)  # new statistics

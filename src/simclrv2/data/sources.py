@@ -279,7 +279,7 @@ def _check_class_layout(spec: str, root_files: list[str], by_class: dict[str, li
 # ---------------------------------------------------------------- csv / tsv lists
 
 def _open_list(spec: str, path: Path, labeled: bool) -> ImageSet:
-    rows = _read_list_rows(spec, path)
+    rows = read_list_rows(spec, path)
     if not rows:
         raise UserError(f"list {spec} names no images: add path,label rows (one per image)")
     base = os.path.abspath(path.parent)
@@ -299,7 +299,7 @@ def _open_list(spec: str, path: Path, labeled: bool) -> ImageSet:
                     name=spec, root=base)
 
 
-def _read_list_rows(spec: str, path: Path) -> list[tuple[int, str, str]]:
+def read_list_rows(spec: str, path: Path) -> list[tuple[int, str, str]]:
     """(line number, path, label or "") for each data row; checks the number of fields."""
     delimiter = LIST_DELIMITERS[path.suffix.lower()]
     # Commas are quoted in CSV; in a tab list every character of a path is literal.

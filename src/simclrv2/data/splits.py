@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..config import DataOptions
 from ..errors import UserError
 from .sources import ImageSet, open_images
-from .subsets import holdout_split, select_labeled, write_index_list
+from .subsets import holdout_split, parse_label_spec, read_annotations, relabeled, select_labeled, write_index_list
 
 log = logging.getLogger("simclrv2")
 
@@ -45,8 +46,13 @@ class LabeledSplits:
     labeled: ImageSet
     unlabeled: ImageSet
     holdout: ImageSet | None
-    images: ImageSet  # all of --data; ``chosen`` indexes it
+    images: ImageSet  # all of --data; ``chosen`` and ``rest`` index it
     chosen: np.ndarray
+    rest: np.ndarray
+
+    def training_images(self) -> ImageSet:
+        """Every image not held out, labeled or not (their labels are not needed to estimate BN statistics)."""
+        return self.images.subset(np.union1d(self.chosen, self.rest))
 
     def write_labeled(self, path: str | Path) -> None:
         """The labeled images, one per line, readable back as a subset file (``--labels FILE``)."""
@@ -57,8 +63,11 @@ def open_labeled_splits(cfg: DataOptions, labels: str) -> LabeledSplits:
     """``--data`` split into held-out images (``--holdout``, or ``--eval-data``) and training images,
     and the ``--labels`` subset of the training images ("all", "1%", "5/class" or a subset file).
 
-    The subset is class-balanced and seeded and never overlaps the held-out images.
+    The subset is class-balanced and seeded and never overlaps the held-out images. With a ``.csv``
+    of path,label rows (labels from annotation) the labels are the file's (see :func:`annotated`).
     """
+    if annotation_file(labels):
+        return _annotated_splits(cfg, labels)
     images = open_images(cfg.data, labeled=True)
     holdout = open_images(cfg.eval_data, labeled=True) if cfg.eval_data else None
     pool = np.arange(len(images))
@@ -76,7 +85,48 @@ def open_labeled_splits(cfg: DataOptions, labels: str) -> LabeledSplits:
         raise UserError(f"{cfg.data} has no labeled training images: give it class sub-folders or a "
                         "path,label list")
     rest = np.setdiff1d(pool, chosen)
-    return LabeledSplits(images.subset(chosen), images.subset(rest), holdout, images, chosen)
+    return LabeledSplits(images.subset(chosen), images.subset(rest), holdout, images, chosen, rest)
+
+
+def annotation_file(labels: Any) -> str | None:
+    """The ``--labels`` value when it is a .csv of path,label rows (labels from annotation), else None.
+
+    Takes a stage config (its ``labels``, where it has one) or the value itself."""
+    value = labels if isinstance(labels, str) or labels is None else getattr(labels, "labels", None)
+    if not value or value == "all":
+        return None
+    return value if parse_label_spec(value).annotations else None
+
+
+def annotated(data: str, path: str, holdout: float, seed: int) -> tuple[ImageSet, np.ndarray, np.ndarray]:
+    """``data`` labeled by the annotation CSV ``path``: (images, labeled training items, held-out items).
+
+    The data's own labels (class folders), if any, are ignored: the file's classes are the task.
+    With ``holdout`` > 0 that fraction of the annotated images of each class is held out (the
+    unannotated images have no label to score).
+    """
+    images = open_images(data, labeled=False)
+    items, labels, names = read_annotations(images, path)
+    images = relabeled(images, items, labels, names)
+    if holdout > 0:
+        train, held = holdout_split(labels, holdout, seed)
+        return images, items[train], items[held]
+    return images, items, np.empty(0, np.int64)
+
+
+def _annotated_splits(cfg: DataOptions, path: str) -> LabeledSplits:
+    images, chosen, held = annotated(cfg.data, path, 0.0 if cfg.eval_data else cfg.holdout, cfg.seed)
+    holdout = images.subset(held) if len(held) else None
+    if cfg.eval_data:
+        holdout = open_images(cfg.eval_data, labeled=True)
+        if holdout.class_names != images.class_names:
+            raise UserError(f"--eval-data {cfg.eval_data} has classes {holdout.class_names[:5]}..., the labels "
+                            f"of {path} are {images.class_names[:5]}...: label the same classes in both")
+    elif holdout is None:
+        log.info("no held-out images to score on: pass --eval-data (labeled images of the classes of %s) or "
+                 "--holdout to hold out part of the annotated images", path)
+    rest = np.setdiff1d(np.setdiff1d(np.arange(len(images)), held), chosen)
+    return LabeledSplits(images.subset(chosen), images.subset(rest), holdout, images, chosen, rest)
 
 
 def micro_batch_size(micro: int | None, global_batch: int, world_size: int) -> int | None:

@@ -35,11 +35,13 @@ from .. import distributed as dist_utils
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import StageConfig, resumable_changes, save_yaml, to_dict, with_absolute_paths
 from ..data.loader import Batch, Loader
+from ..data.splits import annotation_file
 from ..distributed import Runtime
 from ..errors import UserError
 from ..optim import build_optimizer, scale_learning_rate, warmup_cosine_schedule
 from ..record import HeldOut, Record, versions
-from .placement import autocast_dtype
+from .display import Display
+from .placement import autocast_dtype, input_layout, use_channels_last
 from .run_folder import MODEL_FILE, MetricsLog, RunFolder
 from .stage import Build, Parts
 
@@ -104,6 +106,30 @@ def make_schedule(cfg: StageConfig, steps_per_epoch: int) -> np.ndarray:
     return warmup_cosine_schedule(peak, steps_per_epoch * cfg.epochs, warmup)
 
 
+BN_MIN_IMAGES = 16  # per forward pass: fewer make batch-norm statistics noisy
+
+
+def recipe_warnings(cfg: StageConfig, stage: str, world_size: int) -> list[str]:
+    """Settings that run but usually give a poor model, each with its fix (logged as warnings)."""
+    found = []
+    if 0 < cfg.epochs <= cfg.warmup_epochs:
+        found.append(f"--epochs {cfg.epochs} <= --warmup-epochs {cfg.warmup_epochs:g}: the run ends while the learning "
+                     "rate is still rising, which usually leaves a poorly trained model; train longer or lower "
+                     f"--warmup-epochs (e.g. {max(cfg.epochs // 10, 0)})")
+    per_pass = cfg.micro_batch or cfg.batch_size // max(world_size, 1)
+    if per_pass < BN_MIN_IMAGES:
+        found.append(f"batch norm sees {per_pass} images per forward pass (the paper: 4096 over 32-128 devices, "
+                     f">= 32 each): its statistics are noisy; use a larger --batch-size"
+                     + (" or --micro-batch" if cfg.micro_batch else "")
+                     + (" (with few labels every labeled image is already in the batch)" if stage != "pretrain"
+                        else ""))
+    if stage == "pretrain" and cfg.batch_size < 128 and not cfg.memory:
+        found.append(f"--batch-size {cfg.batch_size}: NT-Xent sees {2 * cfg.batch_size - 2} negatives per image "
+                     "(the paper: 8190); use a larger batch (--micro-batch keeps the memory of a small one) or "
+                     "a memory queue (--memory)")
+    return found
+
+
 @dataclass
 class Progress:
     """How far a run is; saved in every checkpoint."""
@@ -148,13 +174,17 @@ class Engine:
         for group in self.optimizer.param_groups:
             if "peak_lr" in group:
                 group["lr_scale"] = group["peak_lr"] / max(peak, 1e-12)
+        if runtime.is_main:
+            for warning in recipe_warnings(cfg, parts.record.stage, runtime.world_size):
+                log.warning("%s", warning)
         self.autocast = autocast_dtype(cfg.precision, runtime.device)
         saved = with_absolute_paths(cfg)  # what config.yaml and the record say: valid from any folder
         self.record = dataclasses.replace(
-            parts.record, held_out=HeldOut(saved.data, saved.eval_data, saved.holdout, saved.seed),
+            parts.record, held_out=HeldOut(saved.data, saved.eval_data, saved.holdout, saved.seed, annotation_file(saved)),
             config=to_dict(saved), versions=versions())
         self.bad_steps = torch.zeros((), device=runtime.device)
         self.metrics = MetricsLog(folder.path / "metrics.jsonl", runtime.is_main, cfg.tensorboard)
+        self.display = Display(self.record.stage, self.progress.total_steps, 0, runtime.is_main, bar=False)
 
     # -- one step (benchmarks time exactly this) ----------------------------------------------
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -194,6 +224,12 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        p = self.progress
+        self.display = Display(self.record.stage, p.total_steps, p.step, self.runtime.is_main, bar=True)
+        with self.display.active():
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, p, spe = self.cfg, self.progress, self.steps_per_epoch
         self.step.train()
         self.stop.defer()
@@ -205,6 +241,7 @@ class Engine:
                 _, logs = self.train_step(batch)
                 window.add(logs, batch.images.shape[0] * self.runtime.world_size)
                 p.train_seconds = time.perf_counter() - started
+                self.display.step()
                 end_of_epoch = p.step % spe == 0
                 if p.step % cfg.log_every == 0 or end_of_epoch:
                     self._log(window)  # host sync
@@ -225,9 +262,39 @@ class Engine:
         self.loader.summary()
         result = {"steps": p.step, "train_seconds": p.train_seconds, "skipped_steps": p.skipped_steps,
                   "skipped_images": self.loader.skipped_total}
+        if self.parts.recalibration_images is not None and p.total_steps:
+            result["bn_recalibration_images"] = self.recalibrate_bn()
         result.update(self._evaluate("eval"))
         self.metrics.close()
         return result
+
+    def recalibrate_bn(self) -> int:
+        """Replace the BN moving averages by the mean batch statistics of the evaluation views of up to
+        ``cfg.recalibrate_bn`` training images (``models.batchnorm.recalibrate``); returns how many.
+
+        Every process takes an equal share in batches of its training batch, so that global batch norm
+        sees the batches it trained on, and all processes run the same number of batches."""
+        from ..metrics import eval_loader
+        from ..models.batchnorm import recalibrate
+
+        cfg, runtime = self.cfg, self.runtime
+        images = self.parts.recalibration_images
+        count = min(len(images), cfg.recalibrate_bn) // runtime.world_size * runtime.world_size
+        if count < runtime.world_size:
+            return 0
+        chosen = np.sort(np.random.default_rng([5, cfg.seed]).permutation(len(images))[:count])
+        share = count // runtime.world_size
+        mine = images.subset(chosen[runtime.rank * share:(runtime.rank + 1) * share])
+        batch = max(1, min(cfg.micro_batch or cfg.batch_size // runtime.world_size, share))
+        loader = eval_loader(mine, cfg.image_size, runtime, batch, cfg.workers, cache="off")
+        layout = use_channels_last(cfg.channels_last, runtime.device)
+        batches = (input_layout(b.images.float().div_(255), layout) for b in loader.epoch(0))
+        started = time.perf_counter()
+        n = recalibrate(self.parts.model, batches)
+        self.step.train()
+        log.info("%s: batch-norm statistics re-estimated on %d images (%d batches, %.1f s)", self.record.stage,
+                 count, n, time.perf_counter() - started)
+        return count
 
     def _log(self, window: Window) -> None:
         if self.cfg.on_nan == "stop":
@@ -241,10 +308,7 @@ class Engine:
         if p.skipped_steps:
             record["skipped_steps"] = p.skipped_steps
         self.metrics.write(record)
-        if self.runtime.is_main:
-            log.info("%s step %d/%d epoch %.2f loss %.4f lr %.4g %.1f img/s", self.record.stage, p.step,
-                     p.total_steps, record["epoch"], record.get("loss", float("nan")), record["lr"],
-                     record["images_per_s"])
+        self.display.train(record)
 
     def _evaluate(self, kind: str) -> dict[str, Any]:
         """Held-out metrics from the main process (others wait); logged as a metrics record."""
@@ -257,9 +321,7 @@ class Engine:
             p = self.progress
             self.metrics.write({"kind": kind, "stage": self.record.stage, "step": p.step,
                                 "epoch": p.step // max(self.steps_per_epoch, 1), **metrics})
-            if self.runtime.is_main:
-                log.info("%s epoch %d: %s", self.record.stage, p.step // max(self.steps_per_epoch, 1),
-                         ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            self.display.evaluation(p.step // max(self.steps_per_epoch, 1), metrics)
         return metrics
 
     def _check_finite(self) -> None:

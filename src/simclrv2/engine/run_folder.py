@@ -37,7 +37,9 @@ MODEL_FILE = "model.pt"
 LOCK_FILE = ".lock"
 # What a run writes at the top of its folder; --overwrite removes these and nothing else.
 RUN_FILES = (RESULT_FILE, MODEL_FILE, MODEL_FILE + ".sha256", "metrics.jsonl", "tensorboard", "checkpoints",
-             "config.yaml", "labeled.txt")
+             "config.yaml", "labeled.txt",
+             # `simclrv2 report` of the folder: stale once the run is replaced
+             "report.md", "training_curves.png", "confusion_matrix.png", "embedding_tsne.png", "evaluation")
 
 
 class RunFolder:

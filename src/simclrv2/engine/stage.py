@@ -68,6 +68,8 @@ class Parts:
         evaluate: held-out metrics (run on the main process), at the end and every
             ``eval_every`` epochs; None when nothing is held out.
         labeled: the labeled subset, written to OUT/labeled.txt.
+        recalibration_images: images whose evaluation views re-estimate the batch-norm statistics after
+            the last step (``models.batchnorm.recalibrate``); None: keep the moving averages.
     """
 
     cfg: StageConfig
@@ -80,6 +82,7 @@ class Parts:
     eval_every: int = 0
     labeled: Optional[LabeledSplits] = None
     result: dict[str, Any] = field(default_factory=dict)  # facts for result.json (labeled images, ...)
+    recalibration_images: Optional[ImageSet] = None
 
 
 Build = Callable[[Any, Runtime], Parts]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+RECALIBRATION_IMAGES = 4096  # default of --recalibrate-bn: images whose statistics replace the moving averages
+
 
 class BatchNorm(nn.modules.batchnorm._BatchNorm):
     """``nn.BatchNorm1d``/``2d`` (any input of 2 or more dimensions, channels second) whose running
@@ -59,3 +61,30 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.track_running_stats = True
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, batches: Iterator[torch.Tensor]) -> int:
+    """Re-estimate every BN layer's running statistics as the mean of its batch statistics over
+    ``batches`` (network inputs), as PreciseBN does (Wu & Johnson, "Rethinking 'Batch' in BatchNorm",
+    2021): at the end of a short or few-label run the moving averages lag the weights they describe.
+
+    Batch k enters with momentum 1 / (k + 1), so the running mean and (biased) variance end as the plain
+    averages over the batches. Returns the number of batches; the model keeps its training mode.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [layer.momentum for layer in layers]
+    was_training = model.training
+    model.train()
+    count = 0
+    try:
+        for x in batches:
+            for layer in layers:
+                layer.momentum = 1.0 / (count + 1)
+            model(x)
+            count += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.train(was_training)
+    return count

@@ -33,6 +33,7 @@ from ..distributed import Runtime
 from ..errors import UserError
 from ..losses import at_least_float32, distillation_loss, teacher_entropy
 from ..models import build_model, classifier_config, count_parameters, parse_model_name
+from ..models.batchnorm import RECALIBRATION_IMAGES
 from ..models.checkpoints import load_classifier, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
@@ -63,7 +64,10 @@ class DistillConfig(StageConfig):
                                           exclusive_minimum=True)
     alpha: float = option(1.0, "weight of the distillation loss; 1 - alpha goes to cross-entropy on "
                           "--labels", minimum=0, maximum=1)
-    labels: Optional[str] = option(None, "labeled images for --alpha < 1: 'all', '1%', '5/class' or a subset file")
+    labels: Optional[str] = option(None, "labeled images for --alpha < 1: 'all', '1%', '5/class', a subset "
+                                  "file or a .csv of path,label rows", path=True)
+    recalibrate_bn: int = option(RECALIBRATION_IMAGES, "after the last step, re-estimate the student's batch-norm "
+                                 "statistics on up to N training images (PreciseBN; 0: off)", minimum=0)
 
     def check(self) -> None:
         if self.student:
@@ -192,4 +196,5 @@ def distill_parts(cfg: DistillConfig, runtime: Runtime, teacher: nn.Module, teac
     # Unlike fine-tuning, the student's classifier keeps the LARS trust ratio: it trains from
     # random weights at the pretraining rate (0.1 * sqrt(B)), where plain SGD on it diverges.
     return Parts(cfg, record, student, step, train, param_groups(student, cfg.weight_decay), evaluate,
-                 result={"student": student_name, "teacher": cfg.teacher, "temperature": tau, "alpha": cfg.alpha})
+                 result={"student": student_name, "teacher": cfg.teacher, "temperature": tau, "alpha": cfg.alpha},
+                 recalibration_images=train if cfg.recalibrate_bn else None)

@@ -36,6 +36,7 @@ from ..errors import UserError
 from ..losses import at_least_float32
 from ..metrics import classification_metrics, predict_logits
 from ..models import build_model, classifier_config, count_parameters, parse_model_name
+from ..models.batchnorm import RECALIBRATION_IMAGES
 from ..models.checkpoints import Trained, check_same_encoder, classifier_from, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
@@ -79,7 +80,8 @@ class FinetuneConfig(StageConfig):
                        "or 'scratch' for the supervised baseline", required=True, key="from", path=True)
     model: Optional[str] = option(None, "encoder; needed with --from scratch, else taken from the checkpoint")
     labels: str = option("all", "labeled images used: 'all', a percentage ('1%'), a count per class "
-                         "('5/class') or a subset file (e.g. the official 1percent.txt)")
+                         "('5/class'), a subset file (e.g. the official 1percent.txt or `select`'s "
+                         "selected.txt) or a .csv of path,label rows (labels from annotation)", path=True)
     head_layer: Optional[str] = option(None, "classify hiddens[j]: 0 = encoder output, 1 = after the first "
                                        "head layer, ...; 'auto' tries each on held-out labeled images "
                                        "(default: the paper's, 1 for a label subset, 0 for --labels all)")
@@ -87,6 +89,8 @@ class FinetuneConfig(StageConfig):
                                          minimum=0.05, maximum=0.9)
     eval_every: int = option(0, "evaluate on the held-out images every N epochs (0: at the end only)",
                              minimum=0)
+    recalibrate_bn: int = option(RECALIBRATION_IMAGES, "after the last step, re-estimate the batch-norm statistics "
+                                 "on up to N training images, labeled or not (PreciseBN; 0: off)", minimum=0)
 
     def check(self) -> None:
         if self.model:
@@ -244,4 +248,5 @@ def build(cfg: FinetuneConfig, runtime: Runtime) -> Parts:
         head_layer = int(cfg.head_layer)
     parts = classifier_parts(cfg, runtime, splits.labeled, splits.holdout, source, head_layer)
     parts.labeled = splits
+    parts.recalibration_images = splits.training_images() if cfg.recalibrate_bn else None
     return parts
