@@ -27,7 +27,8 @@ def run_script(name: str, *args: str) -> str:
     ("fewshot_probe.py", ("--quick",), ["| raw pixels (8x8) |", "temperature=0.1: h0", "temperature=0.1: h1"]),
     ("finetune_rate_grid.py", ("--quick",), ["| network | lr 0.01 | lr 0.03 |", "| fine-tuned |", "| baseline (from scratch) |"]),
     ("micro_batch.py", ("--quick",), ["| micro-batch M |", "| r18_0.125x_sk0:16 | 32 | 8 |", "| plain |"]),
-    ("bn_recalibration.py", ("--quick",), ["| moving averages | recalibrated (default) |", "| finetune_2perclass | 2 epochs |"]),
+    ("bn_recalibration.py", ("--quick",), ["| moving averages (default) | recalibrated (4096) |",
+                                           "| finetune_2perclass | 2 epochs |"]),
     ("label_selection.py", ("--quick",), ["| selection | 10 (10 images) |", "| uniform random |",
                                           "| typiclust - balanced random |"]),
 ])

@@ -143,10 +143,10 @@ def _best_classifier(results: dict[str, Any]) -> str | None:
 
 def time_table(results: dict[str, Any]) -> str:
     """Steps and training time of every stage."""
-    lines = ["| stage | steps | training time |", "|---|---:|---:|"]
+    lines = ["| stage | steps | time |", "|---|---:|---:|"]
     total = 0.0
     for name, stage in results["stages"].items():
-        seconds = stage.get("train_seconds")
+        seconds = stage.get("train_seconds", stage.get("seconds"))  # (a selection's: embedding and choosing)
         if seconds is None:
             continue
         total += seconds

@@ -41,7 +41,7 @@ from ..errors import UserError
 from ..optim import build_optimizer, scale_learning_rate, warmup_cosine_schedule
 from ..record import HeldOut, Record, versions
 from .display import Display
-from .placement import autocast_dtype, input_layout, use_channels_last
+from .placement import autocast_dtype
 from .run_folder import MODEL_FILE, MetricsLog, RunFolder
 from .stage import Build, Parts
 
@@ -269,12 +269,12 @@ class Engine:
         return result
 
     def recalibrate_bn(self) -> int:
-        """Replace the BN moving averages by the mean batch statistics of the evaluation views of up to
-        ``cfg.recalibrate_bn`` training images (``models.batchnorm.recalibrate``); returns how many.
+        """Replace the BN moving averages by the mean batch statistics of training views (the step's own
+        augmentation, as PreciseBN) of up to ``cfg.recalibrate_bn`` training images
+        (``models.batchnorm.recalibrate``); returns how many images.
 
-        Every process takes an equal share in batches of its training batch, so that global batch norm
-        sees the batches it trained on, and all processes run the same number of batches."""
-        from ..metrics import eval_loader
+        Every process takes an equal share, in batches of its training batch, so that global batch norm
+        sees batches like those it trained on and all processes run the same number of batches."""
         from ..models.batchnorm import recalibrate
 
         cfg, runtime = self.cfg, self.runtime
@@ -286,11 +286,12 @@ class Engine:
         share = count // runtime.world_size
         mine = images.subset(chosen[runtime.rank * share:(runtime.rank + 1) * share])
         batch = max(1, min(cfg.micro_batch or cfg.batch_size // runtime.world_size, share))
-        loader = eval_loader(mine, cfg.image_size, runtime, batch, cfg.workers, cache="off")
-        layout = use_channels_last(cfg.channels_last, runtime.device)
-        batches = (input_layout(b.images.float().div_(255), layout) for b in loader.epoch(0))
+        alone = Runtime(0, 1, runtime.local_rank, runtime.device)
+        loader = Loader(mine, "train", cfg.resolved_load_size(), batch, alone, seed=cfg.seed, shuffle=False,
+                        drop_last=False, workers=cfg.workers, cache="off", strict=cfg.strict_data)
+        generator = torch.Generator(device=runtime.device).manual_seed(cfg.seed + 7919 * (runtime.rank + 1))
         started = time.perf_counter()
-        n = recalibrate(self.parts.model, batches)
+        n = recalibrate(self.parts.model, (self.step.views(b, generator) for b in loader.epoch(0)))
         self.step.train()
         log.info("%s: batch-norm statistics re-estimated on %d images (%d batches, %.1f s)", self.record.stage,
                  count, n, time.perf_counter() - started)

@@ -37,6 +37,10 @@ class TrainStep:
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        """The network inputs of a batch as training draws them (batch-norm recalibration runs them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its training views")
+
     def train(self) -> None:
         self.model.train()
 

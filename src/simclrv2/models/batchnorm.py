@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-RECALIBRATION_IMAGES = 4096  # default of --recalibrate-bn: images whose statistics replace the moving averages
+# --recalibrate-bn's suggested value (off by default: on the demo's recipe it cost 0-2 points, BENCHMARKS.md
+# section 7; it rescues runs too short for the moving averages to follow the weights)
+RECALIBRATION_IMAGES = 4096
 
 
 class BatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
         raise UserError(f"--labeled {labeled} lists {len(held)} image(s) that --holdout {holdout} holds out "
                         f"(e.g. {images.describe(int(held[0]))}): use the --holdout and --seed of that round")
     count = parse_budget(budget, len(np.setdiff1d(pool, before)))
+    started = time.perf_counter()
     embedding = embed_checkpoint(model, images, layer, image_size, batch_size, workers, device, progress=True)
     summary = None
     if is_main_process():
@@ -87,13 +89,13 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
                    "model": str(Path(model).resolve()), "data": data, "holdout": holdout, "images": len(images),
                    "candidates": int(len(pool) - len(before)), "labeled_before": int(len(before)),
                    "selected": int(len(before) + count), "labeled": labeled}
-        _choose_and_write(embedding, pool, before, summary, out, figures_on)
+        _choose_and_write(embedding, pool, before, summary, out, figures_on, started)
     barrier()  # under torchrun the other processes go on (to fine-tune on the selection) once it is written
     return summary
 
 
 def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray, summary: dict[str, Any],
-                      out: Path, figures_on: bool) -> None:
+                      out: Path, figures_on: bool, started: float) -> None:
     """Choose and write every output; ``selection.json`` (the summary) last, as the mark of a finished run."""
     images, method, count, seed = embedding.images, summary["method"], summary["budget"], summary["seed"]
     log.info("choosing %d of %d images (%s, seed %d)", count, len(pool) - len(before), method, seed)
@@ -114,6 +116,7 @@ def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray
         colour = selection.assignment[rows] if selection.assignment is not None else None
         figures.plot_map(xy, out / "map.png", f"{method}: {count} chosen of {len(pool) - len(before)} (t-SNE)",
                          colour=colour, chosen=marked, labeled=old)
+    summary["seconds"] = time.perf_counter() - started  # embedding, choosing and the figures
     atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode())
 
 

@@ -65,11 +65,13 @@ def select(features: np.ndarray, budget: int, method: str = DEFAULT_METHOD, labe
     """
     if method not in METHODS:
         raise UserError(f"--method {method!r} is not a selection method: use one of {', '.join(METHODS)}")
-    x = _normalised(features)
-    n = x.shape[0]
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise UserError(f"features have shape {features.shape}, expected (images, dimensions)")
+    n = features.shape[0]
     labeled = np.unique(np.asarray(labeled if labeled is not None else [], dtype=np.int64))
     pool = np.arange(n) if candidates is None else np.unique(np.asarray(candidates, dtype=np.int64))
-    finite = np.isfinite(x).all(1)
+    finite = np.isfinite(features).all(1) & (np.abs(features).sum(1) > 0)
     pool = pool[finite[pool] & ~np.isin(pool, labeled)]
     if budget < 1:
         raise UserError(f"budget {budget}: choose at least one image")
@@ -80,7 +82,7 @@ def select(features: np.ndarray, budget: int, method: str = DEFAULT_METHOD, labe
     rows = np.union1d(pool, labeled[finite[labeled]])
     local_pool = np.searchsorted(rows, pool)
     local_labeled = np.searchsorted(rows, labeled[finite[labeled]])
-    xs = torch.from_numpy(x[rows])
+    xs = torch.from_numpy(_normalised(features[rows]))  # the one copy of the features
     rng = np.random.default_rng([7, int(seed)])
     if method == "random":
         chosen = rng.choice(local_pool, budget, replace=False)
@@ -120,13 +122,11 @@ def parse_budget(text: str | int, pool: int) -> int:
 
 # ---------------------------------------------------------------- helpers
 
-def _normalised(features: np.ndarray) -> np.ndarray:
-    x = np.asarray(features, dtype=np.float32)
-    if x.ndim != 2:
-        raise UserError(f"features have shape {x.shape}, expected (images, dimensions)")
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return x / np.maximum(norm, 1e-12)
+def _normalised(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, in place (``x`` is a fresh copy) and as float32."""
+    x = x.astype(np.float32, copy=False)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
 
 
 def _sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

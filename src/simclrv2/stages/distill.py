@@ -66,8 +66,10 @@ class DistillConfig(StageConfig):
                           "--labels", minimum=0, maximum=1)
     labels: Optional[str] = option(None, "labeled images for --alpha < 1: 'all', '1%', '5/class', a subset "
                                   "file or a .csv of path,label rows", path=True)
-    recalibrate_bn: int = option(RECALIBRATION_IMAGES, "after the last step, re-estimate the student's batch-norm "
-                                 "statistics on up to N training images (PreciseBN; 0: off)", minimum=0)
+    recalibrate_bn: int = option(0, "after the last step, re-estimate the student's batch-norm statistics on N "
+                                 f"training images, labeled or not, with the training augmentation (PreciseBN; "
+                                 f"e.g. {RECALIBRATION_IMAGES}; 0: off, the default: it rescues runs too short for "
+                                 "the moving averages, and cost 0-2 points on full ones)", minimum=0)
 
     def check(self) -> None:
         if self.student:
@@ -91,9 +93,12 @@ class DistillStep(TrainStep):
         self.model.train()
         self.teacher.eval()
 
+    def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        """The augmented views the network trains on."""
+        return input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
+
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
-        return accumulate(self, x, batch)
+        return accumulate(self, self.views(batch, generator), batch)
 
     def loss(self, x: torch.Tensor, batch: Batch, rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of the images ``rows`` of the batch: their mean distillation loss, and the

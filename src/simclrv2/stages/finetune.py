@@ -89,8 +89,10 @@ class FinetuneConfig(StageConfig):
                                          minimum=0.05, maximum=0.9)
     eval_every: int = option(0, "evaluate on the held-out images every N epochs (0: at the end only)",
                              minimum=0)
-    recalibrate_bn: int = option(RECALIBRATION_IMAGES, "after the last step, re-estimate the batch-norm statistics "
-                                 "on up to N training images, labeled or not (PreciseBN; 0: off)", minimum=0)
+    recalibrate_bn: int = option(0, "after the last step, re-estimate the batch-norm statistics on N "
+                                 f"training images, labeled or not, with the training augmentation (PreciseBN; "
+                                 f"e.g. {RECALIBRATION_IMAGES}; 0: off, the default: it rescues runs too short for "
+                                 "the moving averages, and cost 0-2 points on full ones)", minimum=0)
 
     def check(self) -> None:
         if self.model:
@@ -125,9 +127,12 @@ class ClassifierStep(TrainStep):
         labels = batch.labels[rows]
         return F.cross_entropy(at_least_float32(logits), labels), {"train_top1": (logits.argmax(1) == labels).float().mean()}
 
+    def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        """The augmented views the network trains on."""
+        return input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
+
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
-        return accumulate(self, x, batch)
+        return accumulate(self, self.views(batch, generator), batch)
 
 
 def accumulate(step, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
