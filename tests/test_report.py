@@ -54,3 +54,38 @@ def test_summary_says_how_to_get_a_score_when_nothing_was_held_out():
     assert text.startswith("distill finished: 12 steps in 1 min 15 s") and "--holdout" in text
     text = summary_text({"stage": "finetune", "steps": 3, "train_seconds": 1.0, "holdout_top1": 0.8217}, "r")
     assert "held-out top-1" in text and "82.2%" in text and "--holdout" not in text
+
+
+def test_one_point_series_have_markers_and_equal_values_do_not_hide_each_other(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from simclrv2.report import _plot_label_fractions, _plot_stage_curve
+
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text(json.dumps({"kind": "train", "epoch": 1.0, "loss": 0.5}) + "\n")
+    fig, ax = plt.subplots()
+    assert _plot_stage_curve(ax, folder, "stage")
+    assert ax.lines[0].get_marker() == "o" and len(ax.lines[0].get_xdata()) == 1
+    plt.close(fig)
+    stages = {name: {"kind": kind, "labels": "1%", "student": None, "holdout_top1": 0.9}
+              for name, kind in [("finetune_1pct", "finetune"), ("supervised_1pct", "supervised")]}
+    captured = []
+    real = plt.subplots
+
+    def spy(*args, **kwargs):
+        fig, ax = real(*args, **kwargs)
+        captured.append(ax)
+        return fig, ax
+
+    plt.subplots = spy
+    try:
+        _plot_label_fractions(tmp_path, {"stages": stages, "labels": ["1%"]}, plt)
+    finally:
+        plt.subplots = real
+    lines = captured[0].lines
+    assert len(lines) == 2 and lines[0].get_ydata()[0] == lines[1].get_ydata()[0]
+    assert lines[0].get_xdata()[0] != lines[1].get_xdata()[0] and lines[0].get_marker() != lines[1].get_marker()
