@@ -15,6 +15,7 @@ With 0 workers, loading and the step alternate in one process: the combined rate
     python benchmarks/data_path.py                         # r50_1x_sk0 @ 96 px, batch 16, 512 JPEGs
     python benchmarks/data_path.py --case r18_1x_sk0:32:64
     python benchmarks/data_path.py --quick                 # seconds: a smoke run
+    python benchmarks/data_path.py --photos 8              # 4000x3000 JPEG photos: decode per core, full vs reduced
 """
 
 from __future__ import annotations
@@ -89,6 +90,37 @@ def data_rate(folder: Path, case: Case, workers: int, device: torch.device, epoc
     return {"workers": workers, "ips": count / elapsed, "first_batch_s": first_batch_s, "images": count}
 
 
+def photo_decode(count: int, width: int, height: int, cases: list[tuple[str, int, float]], repeats: int = 3) -> list:
+    """Per-core images/s of decode + preprocess of large JPEG photos, decoded in full and at the reduced
+    JPEG scale the loader now asks for (``load_rgb(path, at_least)``), alternated, median of ``repeats``."""
+    from simclrv2.data.images import load_rgb
+    from simclrv2.data.loader import needed_side, preprocess
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="simclrv2_photos_") as tmp:
+        rng = np.random.default_rng(0)
+        paths = []
+        for i in range(count):
+            coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+            pixels = np.clip(field + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+            paths.append(Path(tmp) / f"photo_{i}.jpg")
+            Image.fromarray(pixels).save(paths[-1], quality=90)
+        mib = sum(p.stat().st_size for p in paths) / count / 2**20
+        for mode, size, crop in cases:
+            times = {"full": [], "reduced": []}
+            for _ in range(repeats):
+                for name, side in (("full", None), ("reduced", needed_side(mode, size, crop))):
+                    start = time.perf_counter()
+                    for path in paths:
+                        preprocess(load_rgb(path, side), mode, size, crop)
+                    times[name].append((time.perf_counter() - start) / count)
+            full, reduced = float(np.median(times["full"])), float(np.median(times["reduced"]))
+            rows.append([f"{width}x{height} JPEG ({mib:.1f} MiB) -> {mode} {size} px", f"{1 / full:.1f}",
+                         f"{1 / reduced:.1f}", f"{full / reduced:.1f}x"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,10 +135,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step-steps", type=int, default=5)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--photos", type=int, default=None, metavar="N",
+                        help="instead: decode images/s per core of N large JPEG photos (--photo-size), in full "
+                             "and at reduced JPEG scale")
+    parser.add_argument("--photo-size", default="4000x3000", help="WIDTHxHEIGHT of the --photos JPEGs")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.photos:
+        width, height = (int(v) for v in args.photo_size.lower().split("x"))
+        rows = photo_decode(args.photos, width, height, [("train", 256, 1.0), ("eval", 224, 0.875),
+                                                         ("train", 146, 1.0)])
+        print(f"# data_path --photos ({datetime.date.today()})\n")
+        print(machine_line(torch.device("cpu")) + f"; one process, {args.photos} photos, median of 3 passes\n")
+        print(markdown_table(["photo -> loader output", "full decode img/s per core", "reduced decode img/s per core",
+                              "speed-up"], rows))
+        return {"photos": rows}
     device = resolve_device(args.device)
     if args.quick:
         args.case, args.images, args.jpeg_size = "r18_0.25x_sk0:16:8", 32, 64

@@ -255,3 +255,46 @@ def test_bad_image_survives_pickling(tmp_path):
     error = BadImage(tmp_path / "x.jpg", "image file is truncated")
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is BadImage and str(copy) == str(error) and copy.path == str(tmp_path / "x.jpg")
+
+
+def _photo(path, width, height, seed=0, exif_orientation=None):
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+    pixels = np.clip(field + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    if exif_orientation:
+        exif = image.getexif()
+        exif[0x0112] = exif_orientation
+        image.save(path, quality=92, exif=exif)
+    else:
+        image.save(path, quality=92)
+    return path
+
+
+@pytest.mark.parametrize("at_least, shape", [(None, (1200, 1600)), (200, (300, 400)), (500, (600, 800)),
+                                             (700, (1200, 1600))])
+def test_large_jpegs_decode_at_the_largest_reduction_that_keeps_the_needed_side(tmp_path, at_least, shape):
+    path = _photo(tmp_path / "big.jpg", 1600, 1200)
+    assert load_rgb(path, at_least).shape == (*shape, 3)
+
+
+def test_reduced_decoding_gives_the_same_training_and_evaluation_inputs_up_to_rounding(tmp_path):
+    from simclrv2.data.loader import needed_side, preprocess
+
+    path = _photo(tmp_path / "big.jpg", 1600, 1200)
+    for mode, size, crop in [("train", 146, 1.0), ("eval", 128, 0.875)]:
+        full, aspect_full = preprocess(load_rgb(path), mode, size, crop)
+        fast, aspect_fast = preprocess(load_rgb(path, needed_side(mode, size, crop)), mode, size, crop)
+        assert fast.shape == full.shape == (3, size, size) and aspect_fast == pytest.approx(aspect_full)
+        # within 3 grey levels on average (the photo's own pixel noise has a std of 6): the DCT's scaling
+        # and the bicubic filter average the noise slightly differently
+        assert np.abs(fast.astype(int) - full.astype(int)).mean() < 3.0
+
+
+def test_reduced_decoding_keeps_exif_rotation_and_leaves_other_formats_whole(tmp_path):
+    rotated = _photo(tmp_path / "rotated.jpg", 1600, 1200, exif_orientation=6)  # stored sideways
+    assert load_rgb(rotated, 200).shape == (400, 300, 3)
+    png = tmp_path / "big.png"
+    Image.open(rotated).save(png)
+    assert load_rgb(png, 200).shape == (1200, 1600, 3)

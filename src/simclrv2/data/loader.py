@@ -69,6 +69,12 @@ def preprocess(array: np.ndarray, mode: str, size: int, crop_fraction: float) ->
     return np.ascontiguousarray(out), (width / height if mode == "train" else 1.0)
 
 
+def needed_side(mode: str, size: int, crop_fraction: float) -> int:
+    """The shorter side a decoded image needs so that ``preprocess`` only ever shrinks it: the load size
+    (train: the whole image is squashed to it), or the size over the centre-crop fraction (eval)."""
+    return size if mode == "train" else int(np.ceil(size / min(crop_fraction, 1.0)))
+
+
 class ImageDataset(Dataset):
     """Item i of an ImageSet, decoded and preprocessed; see the module docstring for ``mode``."""
 
@@ -88,7 +94,7 @@ class ImageDataset(Dataset):
         for attempt in range(MAX_SUBSTITUTES if self.substitute else 1):
             j = (i + attempt * 7919) % n  # a large step: the substitute is rarely in the same batch
             try:
-                array = self.images.load(j)
+                array = self.images.load(j, needed_side(self.mode, self.size, self.crop_fraction))
             except BadImage as exc:
                 skipped.append(str(exc))
                 if self.strict:

@@ -69,11 +69,12 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths) if self.paths is not None else len(self.arrays)
 
-    def load(self, i: int) -> np.ndarray:
-        """Item ``i`` as a writable uint8 (H, W, 3) array; raises BadImage for a bad file."""
+    def load(self, i: int, at_least: int | None = None) -> np.ndarray:
+        """Item ``i`` as a writable uint8 (H, W, 3) array; raises BadImage for a bad file. ``at_least``:
+        sides the caller needs (a large JPEG may then decode at a reduced scale, ``load_rgb``)."""
         if self.arrays is not None:
             return self.arrays[i].copy()
-        return load_rgb(self.paths[i])
+        return load_rgb(self.paths[i], at_least)
 
     def describe(self, i: int) -> str:
         """How messages and index lists name item ``i``: its path, or ``name[i]`` in memory."""

@@ -108,7 +108,7 @@ def contact_sheet(images: ImageSet, rows: Sequence[int], path: Path, captions: S
     for k, (row, caption) in enumerate(zip(rows, captions)):
         x, y = 4 + (k % columns) * (THUMB + 4), 4 + (k // columns) * (cell_h + 4)
         try:
-            thumb = Image.fromarray(images.load(row))
+            thumb = Image.fromarray(images.load(row, THUMB))
             thumb.thumbnail((THUMB, THUMB), Image.NEAREST if max(thumb.size) < THUMB else Image.BICUBIC)
             if max(thumb.size) < THUMB:  # small images (digits): blow up with nearest neighbour
                 scale = THUMB / max(thumb.size)
