@@ -101,6 +101,7 @@ def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray
     log.info("choosing %d of %d images (%s, seed %d)", count, len(pool) - len(before), method, seed)
     selection = select(embedding.features, count, method, labeled=before, candidates=pool, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY).unlink(missing_ok=True)  # an earlier selection here is not "finished" while this one is written
     write_embedding(embedding, out)
     write_selected(out / SELECTED, images, before, selection.chosen)
     write_selection_csv(out / SELECTION_CSV, images, selection)
