@@ -215,3 +215,25 @@ def test_cli_models_lists_every_model():
     for name in list_models():
         assert name in out
     assert re.search(r"r152_3x_sk1\s+794\.7", out)
+
+
+def test_selective_kernel_keeps_channels_last_and_the_autocast_dtype():
+    from simclrv2.models.layers import SelectiveKernelConv
+
+    torch.manual_seed(0)
+    sk = SelectiveKernelConv(8, 16, 1, 0.0625).eval()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        # float64 reference of the official formula: softmax over the two paths, weighted sum
+        ref = sk.double()
+        h = torch.relu(ref.bn(ref.conv(x.double())))
+        paths = h.view(2, 2, 16, 6, 6)
+        att = ref.fc2(torch.relu(ref.fc1_bn(ref.fc1(paths.sum(1).mean((2, 3), keepdim=True)))))
+        want = (paths * att.view(2, 2, 16, 1, 1).softmax(1)).sum(1)
+        sk = sk.float().to(memory_format=torch.channels_last)
+        got = sk(x.contiguous(memory_format=torch.channels_last))
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = sk(x.contiguous(memory_format=torch.channels_last))
+        assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=torch.channels_last)

@@ -174,8 +174,9 @@ def adjust_hue(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True).expand_as(x)
+    # Python floats, not a tensor built from a host list: no host-to-device copy (a sync on CUDA) per call
+    r, g, b = GRAY_WEIGHTS
+    return (x[:, 0:1] * r + x[:, 1:2] * g + x[:, 2:3] * b).expand_as(x)
 
 
 def sample_jitter(n: int, strength: float, generator: torch.Generator,
@@ -257,6 +258,12 @@ class SimCLRAugment:
         self.config = config
 
     def __call__(self, images: torch.Tensor, aspect: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        # Always in fp32, also inside the training step's autocast region: under bf16 autocast the
+        # sampling grid of the crop (a bmm in affine_grid) and the blur would run in bf16, moving pixels.
+        with torch.autocast(images.device.type, enabled=False):
+            return self._views(images, aspect, generator)
+
+    def _views(self, images: torch.Tensor, aspect: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
         n, device = images.shape[0], images.device
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()

@@ -11,12 +11,14 @@ from ..distributed import Runtime
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where asked (auto: on GPUs that support it), else None (fp32)."""
+    """bf16 where asked (auto: on GPUs with native bf16, compute capability 8.0 or more: A100, H100, ...),
+    else None (fp32). ``torch.cuda.is_bf16_supported()`` alone also says yes on V100/T4, which emulate it
+    slowly, so ``auto`` keeps those in fp32."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
     return None
 

@@ -115,5 +115,7 @@ class SelectiveKernelConv(nn.Module):
         paths = x.view(b, 2, self.filters, h, w)
         squeeze = paths.sum(1).mean((2, 3), keepdim=True)
         attention = self.fc2(F.relu(self.fc1_bn(self.fc1(squeeze))))
-        attention = attention.view(b, 2, self.filters, 1, 1).softmax(dim=1)
-        return (paths * attention).sum(1)
+        # (softmax runs in fp32 under autocast; the weighted sum keeps the activations' dtype and, written
+        # as two products, their memory format: channels-last stays channels-last)
+        a = attention.view(b, 2, self.filters, 1, 1).softmax(dim=1).to(x.dtype)
+        return paths[:, 0] * a[:, 0] + paths[:, 1] * a[:, 1]
