@@ -301,12 +301,19 @@ def _open_list(spec: str, path: Path, labeled: bool) -> ImageSet:
 
 
 def read_list_rows(spec: str, path: Path) -> list[tuple[int, str, str]]:
-    """(line number, path, label or "") for each data row; checks the number of fields."""
+    """(line number, path, label or "") for each data row; checks the number of fields.
+
+    Rows are ``path[,label]``, with an optional ``path,label`` header; or any columns under a header
+    that names a ``path`` (and a ``label``) column, as ``select``'s selection.csv with a label column
+    an annotator added.
+    """
     delimiter = LIST_DELIMITERS[path.suffix.lower()]
+    sep = "tab" if delimiter == "\t" else "comma"
     # Commas are quoted in CSV; in a tab list every character of a path is literal.
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     rows: list[tuple[int, str, str]] = []
-    width = None
+    columns: tuple[int, int | None, int] | None = None  # path column, label column, width
+    wide_header = False
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -314,19 +321,26 @@ def read_list_rows(spec: str, path: Path) -> list[tuple[int, str, str]]:
                 fields = [x.strip() for x in fields]
                 if not any(fields):
                     continue
-                if width is None and [x.lower() for x in fields] in (["path", "label"], ["path"]):
-                    width = len(fields)
-                    continue
-                width = len(fields) if width is None else width
-                if len(fields) != width or width > 2:
-                    sep = "tab" if delimiter == "\t" else "comma"
+                if columns is None:
+                    names = [x.lower() for x in fields]
+                    if "path" in names:  # a header
+                        columns = (names.index("path"), names.index("label") if "label" in names else None,
+                                   len(fields))
+                        wide_header = names not in (["path", "label"], ["path"])
+                        continue
+                    columns = (0, 1 if len(fields) >= 2 else None, len(fields))
+                where, label, width = columns
+                if wide_header and len(fields) != width:
+                    raise UserError(f"list {spec}, line {reader.line_num}: {len(fields)} fields under a header of "
+                                    f"{width}: fix the row")
+                if not wide_header and (len(fields) != width or width > 2):
                     raise UserError(f"list {spec}, line {reader.line_num}: {len(fields)} "
                                     f"{sep}-separated fields where {min(width, 2)} were expected: "
                                     "write one path,label row per image")
-                if "\x00" in fields[0]:
+                if "\x00" in fields[where]:
                     raise UserError(f"list {spec}, line {reader.line_num}: the path holds a NUL byte, "
                                     "which no file name can: save the list as plain UTF-8 text")
-                rows.append((reader.line_num, fields[0], fields[1] if width == 2 else ""))
+                rows.append((reader.line_num, fields[where], fields[label] if label is not None else ""))
     except UnicodeDecodeError:
         raise UserError(f"list {spec} is not UTF-8 text: save it as UTF-8") from None
     except csv.Error as exc:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..config import DataOptions
 from ..errors import UserError
+from ..record import HeldOut
 from .sources import ImageSet, open_images
-from .subsets import holdout_split, parse_label_spec, read_annotations, relabeled, select_labeled, write_index_list
+from .annotations import read_annotations, relabeled
+from .subsets import holdout_split, parse_label_spec, select_labeled, write_index_list
 
 log = logging.getLogger("simclrv2")
 
@@ -88,14 +89,18 @@ def open_labeled_splits(cfg: DataOptions, labels: str) -> LabeledSplits:
     return LabeledSplits(images.subset(chosen), images.subset(rest), holdout, images, chosen, rest)
 
 
-def annotation_file(labels: Any) -> str | None:
-    """The ``--labels`` value when it is a .csv of path,label rows (labels from annotation), else None.
-
-    Takes a stage config (its ``labels``, where it has one) or the value itself."""
-    value = labels if isinstance(labels, str) or labels is None else getattr(labels, "labels", None)
-    if not value or value == "all":
+def annotation_file(labels: str | None) -> str | None:
+    """The ``--labels`` value when it is a .csv of path,label rows (labels from annotation), else None."""
+    if not labels or labels == "all":
         return None
-    return value if parse_label_spec(value).annotations else None
+    return labels if parse_label_spec(labels).annotations else None
+
+
+def annotated_held_out(labels: str | None) -> HeldOut:
+    """The part of a checkpoint's record a stage knows of its held-out images: the annotation CSV
+    (absolute) whose labels they carry, when ``--labels`` is one; the engine adds the rest."""
+    path = annotation_file(labels)
+    return HeldOut(annotations=str(Path(path).expanduser().absolute()) if path else None)
 
 
 def annotated(data: str, path: str, holdout: float, seed: int) -> tuple[ImageSet, np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import UserError
-from .sources import ImageSet, read_list_rows
+from .sources import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -320,140 +320,6 @@ def _resolve(root: str | None, entry: str) -> str:
     if root is None:
         return entry
     return os.path.normpath(os.path.join(root, os.path.expanduser(entry)))
-
-
-# ---------------------------------------------------------------- files that list images
-
-def locate(images: ImageSet, entries: Sequence[str], listed_in: Path) -> np.ndarray:
-    """The item each entry names, or -1: an absolute path, a path relative to the data folder or to
-    the listing file's folder (``listed_in``), ``name[i]`` for in-memory data, or a bare file name
-    that only one item of the data has (ImageNet's subset lists)."""
-    by_path = _index_by_description(images)
-    by_name: dict[str, int] | None = None
-    found = np.full(len(entries), -1, dtype=np.int64)
-    for k, entry in enumerate(entries):
-        candidates = [entry] if images.paths is None else [
-            _resolve(root, entry) for root in dict.fromkeys([images.root, str(listed_in.parent.resolve())])]
-        for key in candidates:
-            if key in by_path:
-                found[k] = by_path[key]
-                break
-        else:
-            if images.paths is not None and not _has_folder(entry):
-                if by_name is None:
-                    names = [os.path.basename(p) for p in images.paths]
-                    counts: dict[str, int] = {}
-                    for name in names:
-                        counts[name] = counts.get(name, 0) + 1
-                    by_name = {name: i for i, name in enumerate(names) if counts[name] == 1}
-                found[k] = by_name.get(entry, -1)
-    return found
-
-
-def _not_found(images: ImageSet, entries: Sequence[str], listed_in: Path, what: str) -> str:
-    """Why entries were not found: files outside the data, or files that do not exist."""
-    outside = [e for e in entries if images.paths is not None and any(
-        os.path.isfile(_resolve(root, e)) for root in (images.root, str(listed_in.parent.resolve())) if root)]
-    if outside:
-        return (f"{what} {listed_in} names {len(outside)} image(s) outside data {images.name} "
-                f"({_examples(outside)}): list only images of --data, or add them to it")
-    return (f"{what} {listed_in} names {len(entries)} file(s) not found in data {images.name} "
-            f"({_examples(list(entries))}): paths are absolute or relative to the data folder; fix or remove them")
-
-
-def read_table(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, path, label or "") of each row of a .csv: ``path[,label]`` rows, or any columns under
-    a header naming ``path`` (and ``label``), as ``selection.csv`` with a label column an annotator added."""
-    import csv
-
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            first = next(reader, None)
-            header = [x.strip().lower() for x in first or []]
-            if "path" not in header or header in (["path"], ["path", "label"]):
-                return read_list_rows(str(path), path)
-            where, label = header.index("path"), header.index("label") if "label" in header else None
-            rows = []
-            for fields in reader:
-                if not any(x.strip() for x in fields):
-                    continue
-                if len(fields) != len(header):
-                    raise UserError(f"{path}, line {reader.line_num}: {len(fields)} fields under a header of "
-                                    f"{len(header)}: fix the row")
-                rows.append((reader.line_num, fields[where].strip(),
-                             fields[label].strip() if label is not None else ""))
-            return rows
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text: save it as UTF-8") from None
-    except csv.Error as exc:
-        raise UserError(f"{path} is not a valid .csv file ({exc}): fix the quoting") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path} ({exc.strerror}): check the path and its permissions") from None
-
-
-def listed_indices(images: ImageSet, path: str | os.PathLike, what: str = "file") -> np.ndarray:
-    """The items a subset file or a path[,label] .csv lists, in file order (labels are not read)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: give a selected.txt or a .csv of path,label rows")
-    if path.suffix.lower() == ".csv":
-        entries = [p for _, p, _ in read_table(path)]
-    else:
-        entries = [entry for _, entry in read_subset_file(path)]
-    found = locate(images, entries, path)
-    if (found < 0).any():
-        raise UserError(_not_found(images, [e for e, i in zip(entries, found) if i < 0], path, what))
-    _check_unique(found, entries, path, what)
-    return found
-
-
-def _check_unique(found: np.ndarray, entries: Sequence[str], path: Path, what: str) -> None:
-    values, first, counts = np.unique(found, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        twice = [entries[k] for k in first[counts > 1]]
-        raise UserError(f"{what} {path} lists {len(twice)} image(s) more than once ({_examples(twice)}): "
-                        "keep one row per image")
-
-
-def read_annotations(images: ImageSet, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(items, their labels, class names) from a ``path,label`` CSV a person wrote for ``images``
-    (or any CSV whose header names a ``path`` and a ``label`` column).
-
-    The class names are the file's labels, sorted. Every row needs a label; an image listed twice,
-    an image not in the data, or fewer than two classes is an error.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"label file {path} does not exist: check the path")
-    rows = read_table(path)
-    if not rows:
-        raise UserError(f"label file {path} has no rows: write one path,label row per labeled image")
-    blank = [line for line, _, label in rows if not label]
-    if blank:
-        raise UserError(f"label file {path}: {len(blank)} row(s) have no label (first on line {blank[0]}): "
-                        "give every row a class name, or remove the unlabeled rows")
-    entries = [p for _, p, _ in rows]
-    found = locate(images, entries, path)
-    if (found < 0).any():
-        raise UserError(_not_found(images, [e for e, i in zip(entries, found) if i < 0], path, "label file"))
-    _check_unique(found, entries, path, "label file")
-    names = sorted({label for _, _, label in rows})
-    if len(names) < 2:
-        raise UserError(f"label file {path} has a single class ({names[0]}): a classifier needs at least two; "
-                        "label images of the other classes too")
-    index = {name: c for c, name in enumerate(names)}
-    labels = np.array([index[label] for _, _, label in rows], dtype=np.int64)
-    order = np.argsort(found, kind="stable")
-    return found[order], labels[order], names
-
-
-def relabeled(images: ImageSet, items: np.ndarray, labels: np.ndarray, class_names: list[str]) -> ImageSet:
-    """``images`` with ``labels`` at ``items``, no label elsewhere, and ``class_names``."""
-    full = np.full(len(images), -1, dtype=np.int64)
-    full[items] = labels
-    return ImageSet(paths=images.paths, arrays=images.arrays, labels=full, class_names=list(class_names),
-                    name=images.name, root=images.root)
 
 
 # ---------------------------------------------------------------- recording the choice

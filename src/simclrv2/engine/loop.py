@@ -35,11 +35,10 @@ from .. import distributed as dist_utils
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import StageConfig, resumable_changes, save_yaml, to_dict, with_absolute_paths
 from ..data.loader import Batch, Loader
-from ..data.splits import annotation_file
 from ..distributed import Runtime
 from ..errors import UserError
 from ..optim import build_optimizer, scale_learning_rate, warmup_cosine_schedule
-from ..record import HeldOut, Record, versions
+from ..record import Record, versions
 from .display import Display
 from .placement import autocast_dtype
 from .run_folder import MODEL_FILE, MetricsLog, RunFolder
@@ -179,9 +178,10 @@ class Engine:
                 log.warning("%s", warning)
         self.autocast = autocast_dtype(cfg.precision, runtime.device)
         saved = with_absolute_paths(cfg)  # what config.yaml and the record say: valid from any folder
-        self.record = dataclasses.replace(
-            parts.record, held_out=HeldOut(saved.data, saved.eval_data, saved.holdout, saved.seed, annotation_file(saved)),
-            config=to_dict(saved), versions=versions())
+        # (the stage's record may already say which annotation file labels the held-out images)
+        held_out = dataclasses.replace(parts.record.held_out, data=saved.data, eval_data=saved.eval_data,
+                                       holdout=saved.holdout, seed=saved.seed)
+        self.record = dataclasses.replace(parts.record, held_out=held_out, config=to_dict(saved), versions=versions())
         self.bad_steps = torch.zeros((), device=runtime.device)
         self.metrics = MetricsLog(folder.path / "metrics.jsonl", runtime.is_main, cfg.tensorboard)
         self.display = Display(self.record.stage, self.progress.total_steps, 0, runtime.is_main, bar=False)

@@ -37,7 +37,7 @@ def summary_text(result: dict[str, Any], folder: str | Path) -> str:
             scored = True
     for key, name in _FACTS.items():
         value = result.get(key)
-        if value not in (None, 0) or key in ("labeled_images", "head_layer") and value is not None:
+        if value not in (None, 0) or (key in ("labeled_images", "head_layer") and value is not None):
             lines.append(f"  {name:<{width}} {value}")
     if not scored:
         lines.append("  no held-out images, so no score: pass --holdout F or --eval-data to measure the model")

@@ -33,7 +33,7 @@ import numpy as np
 from ..checkpoint import atomic_write_bytes
 from ..config import option
 from ..data import ImageSet, holdout_split, open_images
-from ..data.subsets import listed_indices
+from ..data.annotations import listed_indices, relabeled
 from ..embed import Embedding, add_model_arguments, check_out_folder, embed_checkpoint, write_embedding
 from ..errors import UserError
 from . import figures
@@ -46,8 +46,7 @@ SELECTED, SELECTION_CSV, SUMMARY = "selected.txt", "selection.csv", "selection.j
 
 def without_labels(images: ImageSet) -> ImageSet:
     """The same images with no labels and no class names: what the selection may see."""
-    return ImageSet(paths=images.paths, arrays=images.arrays, labels=np.full(len(images), -1, dtype=np.int64),
-                    class_names=[], name=images.name, root=images.root)
+    return relabeled(images, np.empty(0, np.int64), np.empty(0, np.int64), [])
 
 
 def candidate_pool(images: ImageSet, holdout: float, seed: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from ..augment import AugmentConfig, SimCLRAugment
 from ..config import Changed, StageConfig, defaults, option
 from ..data import ImageSet
 from ..data.loader import Batch
-from ..data.splits import micro_batch_size, open_labeled_splits, open_splits
+from ..data.splits import annotated_held_out, micro_batch_size, open_labeled_splits, open_splits
 from ..distributed import Runtime
 from ..errors import UserError
 from ..losses import at_least_float32, distillation_loss, teacher_entropy
@@ -197,7 +197,7 @@ def distill_parts(cfg: DistillConfig, runtime: Runtime, teacher: nn.Module, teac
         def evaluate() -> dict[str, Any]:
             return {**of_student(), **of_teacher()}
 
-    record = Record("distill", model_config, cfg.image_size, names, cfg.teacher)
+    record = Record("distill", model_config, cfg.image_size, names, cfg.teacher, annotated_held_out(cfg.labels))
     # Unlike fine-tuning, the student's classifier keeps the LARS trust ratio: it trains from
     # random weights at the pretraining rate (0.1 * sqrt(B)), where plain SGD on it diverges.
     return Parts(cfg, record, student, step, train, param_groups(student, cfg.weight_decay), evaluate,

@@ -30,7 +30,7 @@ from ..checkpoint import atomic_write_bytes
 from ..config import Changed, StageConfig, defaults, option
 from ..data import ImageSet, holdout_split
 from ..data.loader import Batch
-from ..data.splits import LabeledSplits, capped_batch, micro_batch_size, open_labeled_splits
+from ..data.splits import LabeledSplits, annotated_held_out, capped_batch, micro_batch_size, open_labeled_splits
 from ..distributed import Runtime, no_sync
 from ..errors import UserError
 from ..losses import at_least_float32
@@ -202,7 +202,7 @@ def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, labeled: ImageSet, h
     step = ClassifierStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device),
                           micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
     record = Record("finetune" if source is not None else "supervised", model_config, cfg.image_size, names,
-                    cfg.init if source is not None else None)
+                    cfg.init if source is not None else None, annotated_held_out(cfg.labels))
     return Parts(cfg, record, model, step, labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
                  holdout_evaluation(model, holdout, names, cfg, runtime), cfg.eval_every,
                  result={"head_layer": head_layer, "labeled_images": len(labeled), "from": cfg.init,

@@ -1,0 +1,114 @@
+"""Files a person or ``simclrv2 select`` writes that name images of the data: which ones are labeled
+(``--labeled``: a selected.txt or a .csv) and the labels an annotator gave them (``--labels FILE.csv``).
+
+Entries are matched to the items of the data by :func:`locate`; every entry must match one item, and no
+item may be named twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from .sources import ImageSet, read_list_rows
+from .subsets import _examples, _has_folder, _index_by_description, _resolve, read_subset_file
+
+
+def locate(images: ImageSet, entries: Sequence[str], listed_in: Path) -> np.ndarray:
+    """The item each entry names, or -1: an absolute path, a path relative to the data folder or to
+    the listing file's folder (``listed_in``), ``name[i]`` for in-memory data, or a bare file name
+    that only one item of the data has (ImageNet's subset lists)."""
+    by_path = _index_by_description(images)
+    by_name: dict[str, int] | None = None
+    found = np.full(len(entries), -1, dtype=np.int64)
+    for k, entry in enumerate(entries):
+        candidates = [entry] if images.paths is None else [
+            _resolve(root, entry) for root in dict.fromkeys([images.root, str(listed_in.parent.resolve())])]
+        for key in candidates:
+            if key in by_path:
+                found[k] = by_path[key]
+                break
+        else:
+            if images.paths is not None and not _has_folder(entry):
+                if by_name is None:
+                    names = [os.path.basename(p) for p in images.paths]
+                    counts: dict[str, int] = {}
+                    for name in names:
+                        counts[name] = counts.get(name, 0) + 1
+                    by_name = {name: i for i, name in enumerate(names) if counts[name] == 1}
+                found[k] = by_name.get(entry, -1)
+    return found
+
+
+def _locate_each_once(images: ImageSet, entries: Sequence[str], path: Path, what: str) -> np.ndarray:
+    """:func:`locate`, with one-line errors for entries that match nothing and items named twice."""
+    found = locate(images, entries, path)
+    missing = [e for e, i in zip(entries, found) if i < 0]
+    if missing:
+        roots = [r for r in (images.root, str(path.parent.resolve())) if r]
+        outside = [e for e in missing if images.paths is not None and any(
+            os.path.isfile(_resolve(root, e)) for root in roots)]
+        if outside:
+            raise UserError(f"{what} {path} names {len(outside)} image(s) outside data {images.name} "
+                            f"({_examples(outside)}): list only images of --data, or add them to it")
+        raise UserError(f"{what} {path} names {len(missing)} file(s) not found in data {images.name} "
+                        f"({_examples(missing)}): paths are absolute or relative to the data folder; fix or "
+                        "remove them")
+    _, first, counts = np.unique(found, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        twice = [entries[k] for k in first[counts > 1]]
+        raise UserError(f"{what} {path} lists {len(twice)} image(s) more than once ({_examples(twice)}): "
+                        "keep one row per image")
+    return found
+
+
+def listed_indices(images: ImageSet, path: str | os.PathLike, what: str = "file") -> np.ndarray:
+    """The items a subset file or a path[,label] .csv lists, in file order (labels are not read)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist: give a selected.txt or a .csv of path,label rows")
+    if path.suffix.lower() == ".csv":
+        entries = [p for _, p, _ in read_list_rows(str(path), path)]
+    else:
+        entries = [entry for _, entry in read_subset_file(path)]
+    return _locate_each_once(images, entries, path, what)
+
+
+def read_annotations(images: ImageSet, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(items, their labels, class names) from a ``path,label`` CSV a person wrote for ``images``
+    (or any CSV whose header names a ``path`` and a ``label`` column).
+
+    The class names are the file's labels, sorted. Every row needs a label; an image listed twice,
+    an image not in the data, or fewer than two classes is an error.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"label file {path} does not exist: check the path")
+    rows = read_list_rows(str(path), path)
+    if not rows:
+        raise UserError(f"label file {path} has no rows: write one path,label row per labeled image")
+    blank = [line for line, _, label in rows if not label]
+    if blank:
+        raise UserError(f"label file {path}: {len(blank)} row(s) have no label (first on line {blank[0]}): "
+                        "give every row a class name, or remove the unlabeled rows")
+    found = _locate_each_once(images, [p for _, p, _ in rows], path, "label file")
+    names = sorted({label for _, _, label in rows})
+    if len(names) < 2:
+        raise UserError(f"label file {path} has a single class ({names[0]}): a classifier needs at least two; "
+                        "label images of the other classes too")
+    index = {name: c for c, name in enumerate(names)}
+    labels = np.array([index[label] for _, _, label in rows], dtype=np.int64)
+    order = np.argsort(found, kind="stable")
+    return found[order], labels[order], names
+
+
+def relabeled(images: ImageSet, items: np.ndarray, labels: np.ndarray, class_names: list[str]) -> ImageSet:
+    """``images`` with ``labels`` at ``items``, no label elsewhere, and ``class_names``."""
+    full = np.full(len(images), -1, dtype=np.int64)
+    full[np.asarray(items, dtype=np.int64)] = labels
+    return dataclasses.replace(images, labels=full, class_names=list(class_names))
