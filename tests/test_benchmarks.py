@@ -32,6 +32,8 @@ def run_script(name: str, *args: str) -> str:
                                            "| finetune_2perclass | 2 epochs |"]),
     ("label_selection.py", ("--quick",), ["| selection | 10 (10 images) |", "| uniform random |",
                                           "| typiclust - balanced random |"]),
+    ("reference_loop.py", ("--quick",), ["| per-step ratio |", "| whole-run ratio |", "r18_0.25x_sk0 @ 32 px"]),
+    ("checkpoint_stall.py", ("--quick",), ["| training stalled ms |", "background (host copy, thread)"]),
 ])
 def test_benchmark_quick_mode_prints_its_table(name, args, expected):
     out = run_script(name, *args)

@@ -1,6 +1,8 @@
 """The command line: every sub-command's help renders and documents each of its options."""
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -102,3 +104,18 @@ def test_disk_full_read_only_and_missing_extras_are_one_line_errors(tmp_path, ca
     monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None)
     assert main(["export", "--model", "m.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     _one_line(capsys, "pip install 'simclrv2[onnx]'")
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(subcommands()))],
+                         ids=lambda command: " ".join(command) or "simclrv2")
+def test_help_does_not_import_torch(command):
+    # importing torch alone takes 1.5 s; --help of every command takes a fraction of that without it
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "simclrv2", *command, "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "simclrv2.cli" in imported
+    assert [m for m in imported if m == "torch" or m.startswith("torch.")] == []
+    if command == ["pretrain"]:
+        assert "--temperature" in done.stdout and "--batch-size" in done.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from simclrv2.checkpoint import file_sha256, save_checkpoint
-from simclrv2.convert import export
+from simclrv2.cli import build_parser, main
 from simclrv2.convert.export import export_model
 from simclrv2.errors import UserError
 from simclrv2.models import build_model, classifier_config, contrastive_config
@@ -156,12 +155,9 @@ def test_bad_requests_are_one_line_user_errors(classifier, tmp_path):
 
 def test_export_command(classifier, tmp_path, capsys):
     path, _ = classifier
-    parser = argparse.ArgumentParser(prog="simclrv2")
-    export.register(parser.add_subparsers())
     out = tmp_path / "model.safetensors"
-    args = parser.parse_args(["export", "--model", str(path), "--format", "safetensors", "--out", str(out)])
-    assert args.func(args) == 0
+    assert main(["export", "--model", str(path), "--format", "safetensors", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert out.is_file() and (tmp_path / "model.safetensors.json").is_file()
     with pytest.raises(SystemExit):
-        parser.parse_args(["export", "--model", str(path), "--format", "pickle", "--out", str(out)])
+        build_parser().parse_args(["export", "--model", str(path), "--format", "pickle", "--out", str(out)])

@@ -199,6 +199,13 @@ def test_random_yaml_files(scratch, text, as_bytes):
         path.unlink()
 
 
+def test_yaml_escape_past_the_last_code_point_is_a_one_line_error(tmp_path):
+    path = tmp_path / "escape.yaml"
+    path.write_text('model: "\\U10010000"\n')  # PyYAML's scanner raises ValueError from chr(), not YAMLError
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_yaml(path)
+
+
 def test_bad_yaml_config_file_on_the_command_line(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("epochs: [1, 2\nlr: {\n")

@@ -28,22 +28,24 @@ def test_param_groups_exclude_bn_and_bias():
     assert not by_id[id(model.monitor.weight)]["lars"] and by_id[id(model.monitor.weight)]["weight_decay"] == 1e-4
 
 
-def lars_reference(w, g, v, lr, wd, m, eeta, adapt):
-    """SPEC's LARS update in float64, one tensor."""
+def lars_reference(w, g, v, lr, wd, m, eeta, adapt, nesterov=False):
+    """SPEC's LARS update in float64, one tensor (Nesterov: the official ``use_nesterov`` form)."""
     g = g + wd * w
     trust = 1.0
     if adapt:
         wn, gn = float(np.linalg.norm(w)), float(np.linalg.norm(g))
         trust = eeta * wn / gn if wn > 0 and gn > 0 else 1.0
     v = m * v + lr * trust * g
-    return w - v, v
+    update = m * v + lr * trust * g if nesterov else v
+    return w - update, v
 
 
-def test_lars_two_steps_equal_hand_computed_update():
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_two_steps_equal_hand_computed_update(nesterov):
     torch.manual_seed(0)
     model = Tiny().double()
     groups = param_groups(model, 0.01, no_adapt_prefixes=("monitor.",))
-    opt = LARS(groups, lr=0.5, momentum=0.9)
+    opt = LARS(groups, lr=0.5, momentum=0.9, nesterov=nesterov)
     params = {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
     flags = {}
     for name, p in model.named_parameters():
@@ -56,11 +58,18 @@ def test_lars_two_steps_equal_hand_computed_update():
             p.grad = torch.randn_like(p)
             grads[name] = p.grad.numpy().copy()
         opt.step()
+        for name, p in model.named_parameters():  # the gradients are read, not changed
+            np.testing.assert_array_equal(p.grad.numpy(), grads[name], err_msg=name)
         for name in params:
             wd, adapt = flags[name]
-            params[name], velocity[name] = lars_reference(params[name], grads[name], velocity[name], 0.5, wd, 0.9, 1e-3, adapt)
+            params[name], velocity[name] = lars_reference(params[name], grads[name], velocity[name], 0.5, wd, 0.9,
+                                                          1e-3, adapt, nesterov)
         for name, p in model.named_parameters():
             np.testing.assert_allclose(p.detach().numpy(), params[name], rtol=1e-12, atol=1e-14, err_msg=name)
+        scratch = {name: opt._scratch[p].data_ptr() for name, p in model.named_parameters()}
+        if step:  # the update is built in the same memory every step: no per-step allocation
+            assert scratch == first_scratch
+        first_scratch = scratch
 
 
 def test_lars_trust_ratio_is_one_for_zero_weights():

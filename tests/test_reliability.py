@@ -370,3 +370,27 @@ def test_written_files_follow_the_umask_not_mkstemps_private_mode(tmp_path):
     path = save_checkpoint(good_payload(), tmp_path / "model.pt")
     for written in (tmp_path / "result.json", path, path.with_name(path.name + ".sha256")):
         assert written.stat().st_mode & 0o777 == FILE_MODE, written
+
+
+def test_background_checkpoint_writes_the_snapshot_and_reports_its_error_on_wait(tmp_path):
+    manager = CheckpointManager(tmp_path / "checkpoints", keep=2)
+    weights = torch.zeros(1000)
+    path = manager.save_in_background({**good_payload(), "model": {"w": weights}}, 3)
+    weights += 1  # training goes on while the file is written: the file holds the values at save time
+    manager.wait()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(1000))
+    # a second write waits for none (the first is done) and prunes as save does
+    for step in (6, 9):
+        manager.save_in_background({**good_payload(), "step": step}, step)
+    manager.wait()
+    assert [p.name for p in list_checkpoints(manager.directory)] == ["ckpt-000000006.pt", "ckpt-000000009.pt"]
+    # a write that fails (its folder became a file) raises in the training thread, at the next wait
+    blocked = CheckpointManager(tmp_path / "not_a_folder", keep=2)
+    (tmp_path / "not_a_folder").write_text("x")
+    blocked.save_in_background(good_payload(), 12)
+    with pytest.raises(OSError):
+        blocked.wait()
+    blocked.wait()  # reported once
+    # what weights_only loading would refuse fails at once, not in the thread
+    with pytest.raises(TypeError):
+        manager.save_in_background({**good_payload(), "bad": object()}, 15)

@@ -9,7 +9,6 @@ pass, written with plain ``tf.nn`` ops, is the reference our converted model mus
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -19,7 +18,8 @@ import pytest
 import torch
 
 from simclrv2.checkpoint import load_checkpoint
-from simclrv2.convert import tf_bundle, tf_import
+from simclrv2.cli import build_parser, main
+from simclrv2.convert import tf_bundle
 from simclrv2.convert.tf_bundle import crc32c
 from simclrv2.convert.tf_import import convert_tf_checkpoint, import_tf_checkpoint
 from simclrv2.convert.tf_layouts import TF1Layout, TF2Layout, model_entries, tf_shape
@@ -661,19 +661,16 @@ def test_damaged_data_is_caught_by_the_checksum(small_tf2, tmp_path):
 
 def test_import_tf_command_prints_a_one_paragraph_report(small_tf2, tmp_path, capsys):
     _, prefix = small_tf2
-    parser = argparse.ArgumentParser(prog="simclrv2")
-    tf_import.register(parser.add_subparsers())
     out = tmp_path / "imported.pt"
-    args = parser.parse_args(["import-tf", f"{prefix}.index", "--model", "r50_0.25x_sk1", "--out", str(out),
-                              "--head-layer", "1"])
-    assert args.func(args) == 0
+    assert main(["import-tf", f"{prefix}.index", "--model", "r50_0.25x_sk1", "--out", str(out),
+                 "--head-layer", "1"]) == 0
     printed = capsys.readouterr().out.strip()
     assert "\n" not in printed
     assert re.search(r"mapped \d+ tensors .*ignored 11 \(object graph 1, projection layers above "
                      r"--head-layer 9, step counter 1\)", printed), printed
     payload = load_checkpoint(out)
     assert payload["record"]["model_config"] == classifier_config("r50_0.25x_sk1", 10, head_layer=1)
-    help_text = parser._subparsers._group_actions[0].choices["import-tf"].format_help()
+    help_text = build_parser()._subparsers._group_actions[0].choices["import-tf"].format_help()
     assert "--head-layer J" in help_text and "finetuned_1pct" in help_text
 
 

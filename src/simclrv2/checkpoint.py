@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import tempfile
+import threading
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -255,12 +256,56 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to host memory (a snapshot training cannot change)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, host_copy(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
 class CheckpointManager:
-    """Numbered training checkpoints in one folder: save, keep the last K, find the latest good one."""
+    """Numbered training checkpoints in one folder: save, keep the last K, find the latest good one.
+
+    ``save_in_background`` takes a host copy of the payload and writes it in a thread while training
+    goes on (serialising, checksumming and flushing a large network's file takes seconds); at most one
+    write is under way, and ``wait`` returns when it is on disk (re-raising its error, if any).
+    """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3):
         self.directory = Path(directory)
         self.keep = max(1, keep)
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save_in_background(self, payload: dict[str, Any], step: int) -> Path:
+        """Snapshot ``payload`` now and write it as :meth:`save` does, in a thread; returns the path it
+        will have. The previous background write is finished first."""
+        self.wait()
+        snapshot = plain_data(host_copy(payload))  # a payload that cannot be stored fails here, now
+
+        def write() -> None:
+            try:
+                self.save(snapshot, step)
+            except BaseException as exc:  # handed to the training thread by wait()
+                self._error = exc
+
+        # Not a daemon: an interpreter that exits (a crash elsewhere) still finishes the file.
+        self._writer = threading.Thread(target=write, name=f"checkpoint-{step}")
+        self._writer.start()
+        return self.directory / f"ckpt-{step:09d}.pt"
+
+    def wait(self) -> None:
+        """Return when no background write is under way; raise the error of the last one, if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def save(self, payload: dict[str, Any], step: int) -> Path:
         path = save_checkpoint(payload, self.directory / f"ckpt-{step:09d}.pt")

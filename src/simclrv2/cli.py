@@ -3,22 +3,46 @@
 Training sub-commands take their flags from the stage's config dataclass (``simclrv2.config``),
 so ``--help`` lists every setting with its default, and ``--config FILE.yaml`` plus
 ``--set key=value`` give the same settings from a file.
+
+Every command's flags are declared here, and nothing on the way to ``--help`` imports torch
+(1.5 s): a command's function is named ``"module:function"`` and imported once the arguments are
+parsed, and descriptions that are module docstrings are read from the module's source file.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import logging
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable
 
-from .distributed import is_main_process
+from .config import image_side, positive_int
 from .errors import UserError
+from .names import DEFAULT_METHOD, FORMATS, IMAGE_EXTENSIONS, METHODS, PIPELINE_PRESETS
 
 log = logging.getLogger("simclrv2")
 
 EXIT_USER_ERROR = 2
+
+
+def module_doc(module: str) -> str:
+    """The docstring of ``simclrv2.<module>`` (e.g. ``"selection.command"``), read from its source
+    file: importing the module would import torch."""
+    source = Path(__file__).parent.joinpath(*module.split(".")).with_suffix(".py")
+    return ast.get_docstring(ast.parse(source.read_text(encoding="utf-8")), clean=False)
+
+
+def command_function(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    """The function that runs the parsed command: ``args.func``, imported now when it is named
+    ``"module:function"``."""
+    if not isinstance(args.func, str):
+        return args.func
+    module, name = args.func.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -36,6 +60,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _run_stage(stage) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from .config import from_args
+        from .distributed import is_main_process
         from .engine import run
 
         from .engine.summary import summary_text
@@ -82,19 +107,173 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     for stage in STAGES.values():
         add_stage_command(sub, stage)
-    from . import embed, evaluate, pipeline, predict, report
-    from .selection import command as select
-    from .convert import export, tf_import
-
-    evaluate.register(sub)
-    predict.register(sub)
-    embed.register(sub)
-    select.register(sub)
-    pipeline.register(sub)
-    report.register(sub)
-    tf_import.register(sub)
-    export.register(sub)
+    add_classifier_commands(sub)
+    add_feature_commands(sub)
+    add_pipeline_commands(sub)
+    add_convert_commands(sub)
     return parser
+
+
+def add_classifier_commands(sub) -> None:
+    """``evaluate`` and ``predict``: a fine-tuned or distilled classifier on labeled or new images."""
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a classifier",
+                       description=module_doc("evaluate"))
+    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
+    p.add_argument("--data", default=None, help="labeled images (folder, list or 'digits'); default: the "
+                                                "images the checkpoint's run held out")
+    p.add_argument("--out", default=None, metavar="DIR", help="write evaluation.json and evaluation.txt here")
+    p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p.set_defaults(func="simclrv2.evaluate:cmd_evaluate")
+
+    p = sub.add_parser("predict", help="class and probability for each image (CSV)", description=module_doc("predict"))
+    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                   "or one folder")
+    p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
+    p.add_argument("--top-k", type=positive_int, default=1, help="classes per image (default 1)")
+    p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    p.set_defaults(func="simclrv2.predict:cmd_predict")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags ``embed`` and ``select`` share: which network, which layer, how to run it."""
+    p.add_argument("--from", dest="model", required=True, metavar="CKPT",
+                   help="any simclrv2 checkpoint: pretrained, fine-tuned, distilled or imported (model.pt)")
+    p.add_argument("--data", required=True, metavar="IMAGES",
+                   help="a folder of images, a .csv/.tsv list of paths, or 'digits'")
+    p.add_argument("--layer", type=int, default=0, metavar="J",
+                   help="hiddens[J] of the projection head: 0 = the encoder output (default), 1 = the first "
+                        "head layer's output")
+    p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1, at most 8)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+
+
+def add_feature_commands(sub) -> None:
+    """``embed`` and ``select``: the features of any checkpoint, and the images to label chosen from them."""
+    p = sub.add_parser("embed", help="the features of every image (features.npy + index.csv)",
+                       description=module_doc("embed"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for features.npy and index.csv")
+    p.set_defaults(func="simclrv2.embed:cmd_embed")
+
+    p = sub.add_parser("select", help="which images to label: chosen from the pretrained features, no labels used",
+                       description=module_doc("selection.command"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    p.add_argument("--budget", required=True, metavar="N|P%",
+                   help="how many images to choose: a count (40) or a percentage of the candidates (10%%)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for selected.txt, selection.csv and the figures")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                   help=f"how to choose (default {DEFAULT_METHOD}; see `simclrv2.selection.methods`)")
+    p.add_argument("--labeled", default=None, metavar="FILE",
+                   help="images labeled already (a selected.txt or a path,label CSV): never chosen again, "
+                        "and the new ones go where they are not (the next round of labeling)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same selection)")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="F",
+                   help="the --holdout your fine-tuning will use (with the same --seed): those images are never chosen")
+    p.add_argument("--no-figures", action="store_true", help="skip the contact sheet and the t-SNE map")
+    p.set_defaults(func="simclrv2.selection.command:cmd_select")
+
+
+def add_pipeline_commands(sub) -> None:
+    """``run`` and ``demo``: the whole method as one job; ``report``: the report of a run folder."""
+    p = sub.add_parser("run", help="the whole method: pretrain, fine-tune, baseline, distill, evaluate, report",
+                       description=module_doc("pipeline"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG", help="pipeline YAML file, or a preset name: "
+                   + ", ".join(PIPELINE_PRESETS))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set pretrain.epochs=10 (repeatable)")
+    p.set_defaults(func="simclrv2.pipeline:cmd_run")
+
+    p = sub.add_parser("demo", help="the whole method on scikit-learn digits in a few minutes on a CPU",
+                       description="Runs the 'demo' preset: SimCLRv2 on scikit-learn's bundled digits (no "
+                       "download), then prints the results table and writes the report.")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func="simclrv2.pipeline:cmd_demo")
+
+    p = sub.add_parser("report", help="report.md and its figures for a run folder (a pipeline's or one stage's)",
+                       description=module_doc("report"))
+    p.add_argument("run", metavar="RUN_DIR", help="the out folder of `simclrv2 run`/`demo`, or of one training command")
+    p.set_defaults(func="simclrv2.report:cmd_report")
+
+
+IMPORT_DESCRIPTION = """\
+Convert an official SimCLRv2 TensorFlow checkpoint (google-research/simclr, TF1 or TF2) into a
+simclrv2 checkpoint. Every tensor of the checkpoint is either mapped into the model or reported
+as ignored (optimizer state, step counters, unused EMA copies, ...); anything else is an error.
+TensorFlow is not needed, except for rare files the built-in reader leaves to it
+(pip install simclrv2[tf]).
+
+Without --head-layer the result is a contrastive model (encoder + projection head; the
+pretrained checkpoints' linear-eval head becomes its monitor), ready for fine-tuning. With
+--head-layer J it is a classifier on projection layer J, for fine-tuned checkpoints: the
+released finetuned_1pct and finetuned_10pct models use J=1, finetuned_100pct, distilled and
+supervised models J=0.
+
+examples:
+  simclrv2 import-tf r50_1x_sk1/model.ckpt-250228 --model r50_1x_sk1 --out r50_1x_sk1.pt
+  simclrv2 import-tf finetuned_1pct/r50_1x_sk1 --model r50_1x_sk1 --head-layer 1 --out ft1.pt
+"""
+
+EXPORT_DESCRIPTION = """\
+Export a fine-tuned classifier or distilled student for deployment. The exported network takes
+float32 NCHW RGB images in [0, 1] (no mean/std normalisation) and returns logits; FILE.json
+beside it gives the class names, the input size and the preprocessing (centre crop of 87.5%,
+bicubic resize), the model config and the source checkpoint's sha256.
+
+formats:
+  onnx         dynamic batch axis, fixed image size (opset 17)
+  torchscript  traced; torch.jit.load(FILE) runs it without simclrv2
+  safetensors  the weights; model_config in the metadata rebuilds the network with
+               simclrv2.models.build_model
+"""
+
+
+def add_convert_commands(sub) -> None:
+    """``import-tf`` and ``export``: official TensorFlow checkpoints in, classifiers out for deployment."""
+    p = sub.add_parser(
+        "import-tf", help="convert an official SimCLRv2 TensorFlow checkpoint (TF1 or TF2)",
+        description=IMPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ckpt_path", metavar="CKPT_PATH",
+                   help="checkpoint prefix (e.g. r50_1x_sk1/model.ckpt-250228), its .index file, or "
+                        "the folder holding it")
+    p.add_argument("--model", required=True, metavar="NAME",
+                   help="encoder of the checkpoint, r{depth}_{width}x_sk{0|1} as the released folders "
+                        "are named (e.g. r152_3x_sk1)")
+    p.add_argument("--out", required=True, metavar="FILE", help="simclrv2 checkpoint to write (.pt)")
+    p.add_argument("--ema", action="store_true",
+                   help="take the exponential-moving-average weights (TF1 ema_model/ copies) instead "
+                        "of the trained ones")
+    p.add_argument("--head-layer", type=int, default=None, metavar="J",
+                   help="build a classifier on projection-head layer J (0 = encoder output) for "
+                        "fine-tuned checkpoints: 1 for finetuned_1pct/10pct, 0 for finetuned_100pct, "
+                        "distilled and supervised ones; omit for pretrained checkpoints")
+    p.add_argument("--small-images", action="store_true",
+                   help="the checkpoint has the CIFAR stem (one 3x3 conv, no max pool; images of "
+                        "32 px or less)")
+    p.set_defaults(func="simclrv2.convert.tf_import:cmd_import_tf")
+
+    p = sub.add_parser(
+        "export", help="export a fine-tuned classifier or student (ONNX, TorchScript, safetensors)",
+        description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="CKPT",
+                   help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write; FILE.json goes beside it")
+    p.add_argument("--image-size", type=image_side, default=None, metavar="N",
+                   help="input height and width (default: the size the model was trained at); ONNX and "
+                        "TorchScript are fixed to it")
+    p.set_defaults(func="simclrv2.convert.export:cmd_export")
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -114,13 +293,15 @@ def user_error(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Under torchrun the other ranks log only warnings and errors: one progress log, not N.
-    level = logging.INFO if is_main_process() else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    from . import distributed  # after parsing, as every import of torch (--help has exited)
     from .engine import Preempted
 
+    # Under torchrun the other ranks log only warnings and errors: one progress log, not N.
+    level = logging.INFO if distributed.is_main_process() else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
     try:
-        return args.func(args)
+        return command_function(args)(args)
     except UserError as exc:
         if args.debug:
             traceback.print_exc()
@@ -141,6 +322,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simclrv2: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
-        from . import distributed
-
         distributed.teardown()

@@ -237,6 +237,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not a text file: pass a YAML file") from None
+    except ValueError as exc:  # what the scanner lets through, e.g. an escape past the last code point
+        raise UserError(f"config file {path} is not valid YAML ({exc}): fix its syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -328,6 +330,10 @@ def save_yaml(data: dict[str, Any], path: str | Path) -> None:
 
 MAX_IMAGE_SIZE = 2048  # a 100,000 px side would be killed by the kernel, not refused
 
+# --recalibrate-bn's suggested value (off by default: on the demo's recipe it cost 0-2 points, BENCHMARKS.md
+# section 7; it rescues runs too short for the moving averages to follow the weights)
+RECALIBRATION_IMAGES = 4096
+
 
 @dataclasses.dataclass
 class DataOptions:
@@ -388,11 +394,14 @@ class RuntimeOptions:
     """Where and how the computation runs; changing these never changes what is trained."""
 
     device: str = option("auto", "training device", choices=("auto", "cpu", "cuda"))
-    precision: str = option("auto", "bf16 autocast or fp32 (auto: bf16 on GPU, fp32 on CPU)",
+    precision: str = option("auto", "bf16 autocast or fp32 (auto: bf16 on GPUs of compute capability >= 8 "
+                            "and on CPUs with native bf16: AVX512-BF16, AMX, Arm BF16; else fp32)",
                             choices=("auto", "bf16", "fp32"))
-    channels_last: str = option("auto", "channels-last memory format (auto: on GPU)",
+    channels_last: str = option("auto", "channels-last memory format (auto: on GPU and on CPU with oneDNN)",
                                 choices=("auto", "on", "off"))
     compile: bool = option(False, "torch.compile the model")
+    prefetch_views: bool = option(False, "draw the next step's augmented views in a thread while a step computes "
+                                  "(on 2 CPU cores it cost 0-25%: the step already uses every core)")
     workers: Optional[int] = option(None, "decoding worker processes (default: cores - 1, at most 8)",
                                     minimum=0)
     cache: str = option("auto", "keep decoded images in memory (auto: when they fit in 2 GiB)",

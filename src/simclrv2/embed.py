@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write, atomic_write_bytes
-from .config import image_side, positive_int
 from .data import ImageSet, open_images
 from .errors import UserError
 
@@ -176,28 +175,3 @@ def cmd_embed(args: argparse.Namespace) -> int:
               f"their index to {index}" + (f" ({bad} unreadable image(s): NaN rows)" if bad else ""),
               file=sys.stderr)
     return 0
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags ``embed`` and ``select`` share: which network, which layer, how to run it."""
-    p.add_argument("--from", dest="model", required=True, metavar="CKPT",
-                   help="any simclrv2 checkpoint: pretrained, fine-tuned, distilled or imported (model.pt)")
-    p.add_argument("--data", required=True, metavar="IMAGES",
-                   help="a folder of images, a .csv/.tsv list of paths, or 'digits'")
-    p.add_argument("--layer", type=int, default=0, metavar="J",
-                   help="hiddens[J] of the projection head: 0 = the encoder output (default), 1 = the first "
-                        "head layer's output")
-    p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1, at most 8)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-
-
-def register(sub: Any) -> argparse.ArgumentParser:
-    """Add ``embed`` to the command line."""
-    p = sub.add_parser("embed", help="the features of every image (features.npy + index.csv)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for features.npy and index.csv")
-    p.set_defaults(func=cmd_embed)
-    return p

@@ -15,7 +15,6 @@ from typing import Any
 
 from .checkpoint import atomic_write_bytes
 from .data import ImageSet, holdout_split, open_images
-from .config import image_side, positive_int
 from .errors import UserError
 from .metrics import classification_metrics, format_metrics, predict_logits
 from .models.checkpoints import load_classifier
@@ -78,23 +77,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result["metrics"], indent=2))
     return 0
-
-
-def register(sub: Any) -> argparse.ArgumentParser:
-    """Add ``evaluate`` to the command line."""
-    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a classifier",
-                       description=__doc__)
-    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
-    p.add_argument("--data", default=None, help="labeled images (folder, list or 'digits'); default: the "
-                                                "images the checkpoint's run held out")
-    p.add_argument("--out", default=None, metavar="DIR", help="write evaluation.json and evaluation.txt here")
-    p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
-    p.set_defaults(func=cmd_evaluate)
-    return p
 
 
 __all__ = ["evaluate"]

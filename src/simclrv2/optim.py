@@ -39,6 +39,7 @@ class LARS(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta,
                         nesterov=nesterov, lars=True)
         super().__init__(params, defaults)
+        self._scratch: dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -50,33 +51,32 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            decayed = bool(group["weight_decay"])
-            if decayed:  # fresh tensors: scaled in place below; p.grad is left as it is
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            if group["lars"]:
-                w_norms = torch.stack(torch._foreach_norm(params))
-                g_norms = torch.stack(torch._foreach_norm(grads))
-                trust = torch.where((w_norms > 0) & (g_norms > 0),
-                                    group["eeta"] * w_norms / g_norms.clamp_min(1e-30), 1.0)
-                scale = list((trust * group["lr"]).unbind())
-            else:
-                scale = group["lr"]
-            if decayed:
-                torch._foreach_mul_(grads, scale)
-            else:  # one pass instead of a copy and an in-place scaling
-                grads = torch._foreach_mul(grads, scale)
-            bufs = []
-            for p, g in zip(params, grads):
+            # The update is built in place in a per-parameter scratch tensor (allocated once, not part
+            # of the optimizer state: it holds nothing between steps); p.grad is left as it is.
+            update, bufs = [], []
+            for p in params:
+                if p not in self._scratch:
+                    self._scratch[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+                update.append(self._scratch[p])
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 bufs.append(state["momentum_buffer"])
+            torch._foreach_copy_(update, [p.grad for p in params])
+            if group["weight_decay"]:
+                torch._foreach_add_(update, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                w_norms = torch.stack(torch._foreach_norm(params))
+                g_norms = torch.stack(torch._foreach_norm(update))
+                trust = torch.where((w_norms > 0) & (g_norms > 0),
+                                    group["eeta"] * w_norms / g_norms.clamp_min(1e-30), 1.0)
+                torch._foreach_mul_(update, list((trust * group["lr"]).unbind()))
+            else:
+                torch._foreach_mul_(update, group["lr"])
             torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(bufs, update)
             if group["nesterov"]:
-                update = torch._foreach_mul(bufs, group["momentum"])
-                torch._foreach_add_(update, grads)
+                torch._foreach_add_(update, bufs, alpha=group["momentum"])
                 torch._foreach_sub_(params, update)
             else:
                 torch._foreach_sub_(params, bufs)

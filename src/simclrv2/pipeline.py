@@ -40,13 +40,13 @@ from typing import Any, Callable, List, Optional
 from .config import apply_overrides, from_mapping, load_yaml, option, save_yaml
 from .errors import UserError
 from .models import parse_model_name
+from .names import PIPELINE_PRESETS  # noqa: F401 - the presets of `run`, declared with the other names
 from .selection.command import SELECTED, SelectOptions, SelectStage
 
 log = logging.getLogger("simclrv2")
 
 SHARED_KEYS = ("data", "eval_data", "holdout", "seed")
 OPTIONAL_STAGES = ("supervised", "linear_eval", "distill")
-PIPELINE_PRESETS = ("demo", "cifar", "imagenet")  # configs/*.yaml for `run`; the rest are per stage
 
 
 @dataclass
@@ -291,20 +291,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(report.results_table(Path(cfg.out)))
     print(f"report: {Path(cfg.out) / 'report.md'}")
     return 0
-
-
-def register(sub: Any) -> None:
-    """Add ``run`` and ``demo`` to the command line."""
-    p = sub.add_parser("run", help="the whole method: pretrain, fine-tune, baseline, distill, evaluate, report",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", metavar="CONFIG", help="pipeline YAML file, or a preset name: "
-                   + ", ".join(PIPELINE_PRESETS))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set pretrain.epochs=10 (repeatable)")
-    p.set_defaults(func=cmd_run)
-    p = sub.add_parser("demo", help="the whole method on scikit-learn digits in a few minutes on a CPU",
-                       description="Runs the 'demo' preset: SimCLRv2 on scikit-learn's bundled digits (no "
-                       "download), then prints the results table and writes the report.")
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.set_defaults(func=cmd_demo)

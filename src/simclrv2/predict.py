@@ -19,8 +19,7 @@ import torch
 
 from . import distributed as dist_utils
 from .checkpoint import atomic_write_bytes
-from .data import IMAGE_EXTENSIONS, ImageSet, open_images
-from .config import image_side, positive_int
+from .data import ImageSet, open_images
 from .errors import UserError
 from .metrics import eval_loader
 from .models.checkpoints import load_classifier
@@ -103,19 +102,3 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-def register(sub: Any) -> argparse.ArgumentParser:
-    """Add ``predict`` to the command line."""
-    p = sub.add_parser("predict", help="class and probability for each image (CSV)", description=__doc__)
-    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                   "or one folder")
-    p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
-    p.add_argument("--top-k", type=positive_int, default=1, help="classes per image (default 1)")
-    p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=0, help="decoding processes")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    p.set_defaults(func=cmd_predict)
-    return p

@@ -313,10 +313,3 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(summary_text(json.loads((run / "result.json").read_text()), run))
     print(f"report: {path}")
     return 0
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("report", help="report.md and its figures for a run folder (a pipeline's or one stage's)",
-                       description=__doc__)
-    p.add_argument("run", metavar="RUN_DIR", help="the out folder of `simclrv2 run`/`demo`, or of one training command")
-    p.set_defaults(func=cmd_report)

@@ -27,9 +27,13 @@ def read_metrics(run):
 
 
 def test_pretraining_lowers_loss_and_knn_far_above_chance(tmp_path):
-    result = run(config(tmp_path, epochs=4))
-    records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
-    assert records[-1]["contrastive_loss"] < records[0]["contrastive_loss"] - 0.5
+    # The demo's temperature and rate: at TINY's (0.1, 0.5 * sqrt(256)) the loss of 20 steps only
+    # wanders around its start (by +-0.6, in fp32 and bf16 alike) while the kNN accuracy still climbs.
+    result = run(config(tmp_path, epochs=8, temperature=0.5, lr=0.3))
+    losses = [r["contrastive_loss"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert len(losses) == 24  # 5 steps an epoch, logged every 2 steps and at each epoch's end
+    # 2 x log(2N - 1) = 12.47 for N = 256 at chance: the start; about 11.7 after 40 steps
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
     assert result["knn_top1"] > 0.6  # chance is 0.1
     payload = load_checkpoint(tmp_path / "run" / "model.pt")
     assert payload["record"]["stage"] == "pretrain" and payload["record"]["model_config"]["kind"] == "contrastive"

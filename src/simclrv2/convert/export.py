@@ -28,11 +28,10 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import atomic_write_bytes, file_sha256
-from ..config import image_side
 from ..errors import UserError
 from ..models.checkpoints import load_classifier
+from ..names import FORMATS
 
-FORMATS = ("onnx", "torchscript", "safetensors")
 CROP_PROPORTION = 0.875
 ONNX_OPSET = 17
 ONNX_LIMIT_BYTES = 2 * 1024**3  # a single protobuf file cannot hold more
@@ -145,38 +144,8 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
     return out
 
 
-EXPORT_DESCRIPTION = """\
-Export a fine-tuned classifier or distilled student for deployment. The exported network takes
-float32 NCHW RGB images in [0, 1] (no mean/std normalisation) and returns logits; FILE.json
-beside it gives the class names, the input size and the preprocessing (centre crop of 87.5%,
-bicubic resize), the model config and the source checkpoint's sha256.
-
-formats:
-  onnx         dynamic batch axis, fixed image size (opset 17)
-  torchscript  traced; torch.jit.load(FILE) runs it without simclrv2
-  safetensors  the weights; model_config in the metadata rebuilds the network with
-               simclrv2.models.build_model
-"""
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a classifier checkpoint and say where the files went."""
     out = export_model(args.model, args.format, args.out, image_size=args.image_size)
     print(f"Exported {args.model} as {args.format} to {out} (preprocessing and class names in {out}.json).")
     return 0
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``export`` to the ``simclrv2`` command line."""
-    p = subparsers.add_parser(
-        "export", help="export a fine-tuned classifier or student (ONNX, TorchScript, safetensors)",
-        description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="CKPT",
-                   help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
-    p.add_argument("--out", required=True, metavar="FILE", help="file to write; FILE.json goes beside it")
-    p.add_argument("--image-size", type=image_side, default=None, metavar="N",
-                   help="input height and width (default: the size the model was trained at); ONNX and "
-                        "TorchScript are fixed to it")
-    p.set_defaults(func=cmd_export)
-    return p

@@ -1,7 +1,7 @@
 """Import the official SimCLRv2 TensorFlow checkpoints into simclrv2 checkpoints.
 
 ``tf_bundle`` reads the checkpoint and ``tf_layouts`` names its tensors; here the model is built
-and filled, what was mapped and ignored is reported, and the ``import-tf`` command registered.
+and filled, and what was mapped and ignored is reported (``simclrv2 import-tf``).
 
 Which model is built:
 
@@ -35,8 +35,8 @@ from torch import nn
 from ..checkpoint import save_checkpoint
 from ..errors import UserError
 from ..models import build_model, classifier_config, contrastive_config
-from ..models.registry import SK_RATIO, EncoderSpec, parse_model_name
-from ..models.resnet import BLOCKS_PER_GROUP, ResNet
+from ..models.resnet import ResNet
+from ..names import BLOCKS_PER_GROUP, SK_RATIO, EncoderSpec, parse_model_name
 from ..record import Record, versions
 from .tf_bundle import BundleFormatError, CheckpointReader, open_checkpoint
 from .tf_layouts import EMA_PREFIX, Entry, Layout, detect_layout, model_entries, tf_shape, to_torch
@@ -369,54 +369,9 @@ def import_tf_checkpoint(ckpt_path: str | Path, model_name: str, out_path: str |
                    small_images=small_images)[0]
 
 
-IMPORT_DESCRIPTION = """\
-Convert an official SimCLRv2 TensorFlow checkpoint (google-research/simclr, TF1 or TF2) into a
-simclrv2 checkpoint. Every tensor of the checkpoint is either mapped into the model or reported
-as ignored (optimizer state, step counters, unused EMA copies, ...); anything else is an error.
-TensorFlow is not needed, except for rare files the built-in reader leaves to it
-(pip install simclrv2[tf]).
-
-Without --head-layer the result is a contrastive model (encoder + projection head; the
-pretrained checkpoints' linear-eval head becomes its monitor), ready for fine-tuning. With
---head-layer J it is a classifier on projection layer J, for fine-tuned checkpoints: the
-released finetuned_1pct and finetuned_10pct models use J=1, finetuned_100pct, distilled and
-supervised models J=0.
-
-examples:
-  simclrv2 import-tf r50_1x_sk1/model.ckpt-250228 --model r50_1x_sk1 --out r50_1x_sk1.pt
-  simclrv2 import-tf finetuned_1pct/r50_1x_sk1 --model r50_1x_sk1 --head-layer 1 --out ft1.pt
-"""
-
-
 def cmd_import_tf(args: argparse.Namespace) -> int:
     """Convert an official TensorFlow checkpoint and print what was mapped and ignored."""
     path, report = _import(args.ckpt_path, args.model, args.out, ema=args.ema,
                            head_layer=args.head_layer, small_images=args.small_images)
     print(report.summary(path))
     return 0
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``import-tf`` to the ``simclrv2`` command line."""
-    p = subparsers.add_parser(
-        "import-tf", help="convert an official SimCLRv2 TensorFlow checkpoint (TF1 or TF2)",
-        description=IMPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ckpt_path", metavar="CKPT_PATH",
-                   help="checkpoint prefix (e.g. r50_1x_sk1/model.ckpt-250228), its .index file, or "
-                        "the folder holding it")
-    p.add_argument("--model", required=True, metavar="NAME",
-                   help="encoder of the checkpoint, r{depth}_{width}x_sk{0|1} as the released folders "
-                        "are named (e.g. r152_3x_sk1)")
-    p.add_argument("--out", required=True, metavar="FILE", help="simclrv2 checkpoint to write (.pt)")
-    p.add_argument("--ema", action="store_true",
-                   help="take the exponential-moving-average weights (TF1 ema_model/ copies) instead "
-                        "of the trained ones")
-    p.add_argument("--head-layer", type=int, default=None, metavar="J",
-                   help="build a classifier on projection-head layer J (0 = encoder output) for "
-                        "fine-tuned checkpoints: 1 for finetuned_1pct/10pct, 0 for finetuned_100pct, "
-                        "distilled and supervised ones; omit for pretrained checkpoints")
-    p.add_argument("--small-images", action="store_true",
-                   help="the checkpoint has the CIFAR stem (one 3x3 conv, no max pool; images of "
-                        "32 px or less)")
-    p.set_defaults(func=cmd_import_tf)
-    return p

@@ -1,6 +1,7 @@
 """Data in: decode image files robustly, open image sources, choose label subsets."""
 
-from .images import IMAGE_EXTENSIONS, BadImage, load_rgb
+from ..names import IMAGE_EXTENSIONS
+from .images import BadImage, load_rgb
 from .sources import ImageSet, open_images
 from .subsets import (
     LabelSpec,

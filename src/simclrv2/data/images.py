@@ -17,8 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MAX = 65535
 

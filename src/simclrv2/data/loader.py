@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -130,6 +130,7 @@ class Batch:
     aspect: torch.Tensor  # float32 (N,): original width / height (1 in eval mode)
     labels: torch.Tensor  # int64 (N,), -1 where unknown
     indices: torch.Tensor  # int64 (N,): positions in the ImageSet
+    views: Optional[torch.Tensor] = None  # the step's augmented inputs, when drawn ahead (``engine.loop``)
 
 
 class EpochBatchSampler(Sampler):

@@ -31,7 +31,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .images import IMAGE_EXTENSIONS, load_rgb
+from ..names import IMAGE_EXTENSIONS
+from .images import load_rgb
 
 log = logging.getLogger(__name__)
 

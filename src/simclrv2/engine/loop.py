@@ -26,7 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from ..record import Record, versions
 from .display import Display
 from .placement import autocast_dtype
 from .run_folder import MODEL_FILE, MetricsLog, RunFolder
-from .stage import Build, Parts
+from .stage import Build, Parts, TrainStep
 
 log = logging.getLogger("simclrv2")
 
@@ -96,6 +97,29 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     g = torch.Generator(device=device)
     g.manual_seed(int(state[0]) << 32 | int(state[1]))
     return g
+
+
+def drawn_ahead(batches: Iterator[Batch], views: Callable[[Batch, int], torch.Tensor], first: int) -> Iterator[Batch]:
+    """``batches`` (those of steps ``first``, ``first + 1``, ...) with ``batch.views = views(batch, step)``
+    computed in a thread one batch ahead: the views of step t + 1 are drawn while step t computes.
+
+    The views of a step come from its own generator (``step_generator``), so they are the same as
+    drawn in the step itself, and a resumed run still repeats the uninterrupted one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="views") as pool:
+        def draw(batch: Batch, step: int) -> Batch:
+            with torch.no_grad():
+                batch.views = views(batch, step)
+            return batch
+
+        step = first
+        batch = next(batches, None)
+        pending = pool.submit(draw, batch, step) if batch is not None else None
+        while pending is not None:
+            ready = pending.result()
+            step += 1
+            batch = next(batches, None)
+            pending = pool.submit(draw, batch, step) if batch is not None else None
+            yield ready
 
 
 def make_schedule(cfg: StageConfig, steps_per_epoch: int) -> np.ndarray:
@@ -186,6 +210,19 @@ class Engine:
         self.metrics = MetricsLog(folder.path / "metrics.jsonl", runtime.is_main, cfg.tensorboard)
         self.display = Display(self.record.stage, self.progress.total_steps, 0, runtime.is_main, bar=False)
 
+    @property
+    def draws_ahead(self) -> bool:
+        """Whether the next step's views are drawn in a thread while a step computes (``--prefetch-views``),
+        so that augmentation does not sit between two steps. Off by default: on a 2-core CPU the step
+        already keeps both cores busy and the overlap cost 0-25% (BENCHMARKS.md); on a GPU the
+        augmentation's kernels queue behind the step's anyway. Not with micro-batches (their views are
+        drawn, and replayed, per micro-batch)."""
+        return self.cfg.prefetch_views and not self.step.computes_gradients \
+            and type(self.step).views is not TrainStep.views
+
+    def _views(self, batch: Batch, step: int) -> torch.Tensor:
+        return self.step.views(batch, step_generator(self.cfg.seed, step, self.runtime.rank, self.runtime.device))
+
     # -- one step (benchmarks time exactly this) ----------------------------------------------
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Learning rate, the stage's step under autocast, backward, optimizer step; logs ({} if skipped)."""
@@ -237,7 +274,10 @@ class Engine:
         window = Window()
         while p.step < p.total_steps:
             epoch, first = divmod(p.step, spe)
-            for batch in self.loader.epoch(epoch, first):
+            batches = self.loader.epoch(epoch, first)
+            if self.draws_ahead:
+                batches = drawn_ahead(batches, self._views, p.step)
+            for batch in batches:
                 _, logs = self.train_step(batch)
                 window.add(logs, batch.images.shape[0] * self.runtime.world_size)
                 p.train_seconds = time.perf_counter() - started
@@ -253,11 +293,12 @@ class Engine:
                     end_of_epoch and (p.step // spe) % cfg.checkpoint_epochs == 0)
                 stop_now = self._stop_requested()
                 if (want_checkpoint or stop_now) and p.step < p.total_steps:
-                    path = self.save()
+                    path = self.save(background=not stop_now)
                     if stop_now:
                         raise Preempted(self.stop.signum or signal.SIGTERM, path)
             if spe == 0:
                 break
+        self.folder.checkpoints.wait()
         self._check_finite()
         self.loader.summary()
         result = {"steps": p.step, "train_seconds": p.train_seconds, "skipped_steps": p.skipped_steps,
@@ -345,16 +386,24 @@ class Engine:
         return False
 
     # -- checkpoints ------------------------------------------------------------------------
-    def save(self) -> Path | None:
-        """A training checkpoint (main process), after checking the loss is still finite."""
+    def save(self, background: bool = False) -> Path | None:
+        """A training checkpoint (main process), after checking the loss is still finite. ``background``:
+        written from a snapshot while training goes on (``CheckpointManager.save_in_background``);
+        else on disk when this returns."""
         self._check_finite()
         path = None
         if self.runtime.is_main:
-            path = self.folder.checkpoints.save({
+            checkpoints = self.folder.checkpoints
+            payload = {
                 "record": self.record.to_data(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "state": self.step.state_dict(),
                 "progress": dataclasses.asdict(self.progress), "rng": {"torch": torch.get_rng_state()},
-            }, self.progress.step)
+            }
+            if background:
+                path = checkpoints.save_in_background(payload, self.progress.step)
+            else:
+                checkpoints.wait()
+                path = checkpoints.save(payload, self.progress.step)
         dist_utils.barrier()
         return path
 

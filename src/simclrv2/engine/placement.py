@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -10,21 +12,47 @@ from ..config import RuntimeOptions
 from ..distributed import Runtime
 
 
+# CPU features that compute bf16 products natively (/proc/cpuinfo flags): AVX512-BF16 (Intel Cooper Lake and
+# later Xeons, AMD Zen 4 and later), AMX (Intel Sapphire Rapids and later), Arm's BF16 extension.
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of this machine's CPU (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where asked (auto: on GPUs with native bf16, compute capability 8.0 or more: A100, H100, ...),
-    else None (fp32). ``torch.cuda.is_bf16_supported()`` alone also says yes on V100/T4, which emulate it
-    slowly, so ``auto`` keeps those in fp32."""
+    """bf16 where asked, or (auto) where the hardware multiplies in bf16 natively: GPUs of compute
+    capability 8.0 or more (A100, H100, ...) and CPUs with AVX512-BF16, AMX or Arm BF16 (there, bf16
+    autocast made the convolutions of a pretraining step 1.7-2x faster than fp32: BENCHMARKS.md); else
+    None (fp32). ``torch.cuda.is_bf16_supported()`` alone also says yes on V100/T4, which emulate it
+    slowly, so ``auto`` keeps those in fp32, as CPUs without those instructions."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
+    if device.type == "cpu" and NATIVE_BF16_CPU_FLAGS & cpu_flags():
+        return torch.bfloat16
     return None
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    """Channels-last where asked, or (auto) on GPUs and on CPUs with oneDNN (the convolution kernels of
+    both are fastest in that layout: 1.1-1.3x per CPU step measured, BENCHMARKS.md)."""
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
 
 
 def prepare_model(model: nn.Module, cfg: RuntimeOptions, runtime: Runtime,
@@ -35,6 +63,9 @@ def prepare_model(model: nn.Module, cfg: RuntimeOptions, runtime: Runtime,
     the training step calls.
     """
     model = model.to(runtime.device)
+    if runtime.device.type == "cuda":
+        # Every step has the same shapes: let cuDNN time its convolution algorithms once and keep the fastest.
+        torch.backends.cudnn.benchmark = True
     if use_channels_last(cfg.channels_last, runtime.device):
         model = model.to(memory_format=torch.channels_last)
     if runtime.distributed and global_bn:
@@ -42,7 +73,10 @@ def prepare_model(model: nn.Module, cfg: RuntimeOptions, runtime: Runtime,
     train_model: nn.Module = model
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # gradient_as_bucket_view: the gradients are views into DDP's communication buckets (no copy, and
+        # one gradient-sized buffer less).
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
+                                                          gradient_as_bucket_view=True)
     if cfg.compile:
         train_model = torch.compile(train_model)
     return model, train_model

@@ -38,8 +38,14 @@ class TrainStep:
         raise NotImplementedError
 
     def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
-        """The network inputs of a batch as training draws them (batch-norm recalibration runs them)."""
+        """The network inputs of a batch as training draws them (all the step draws from ``generator``).
+        Batch-norm recalibration runs them, and the engine may draw them ahead, in a thread, while the
+        previous step computes (``batch.views``)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its training views")
+
+    def inputs(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        """``batch.views`` when the engine drew them ahead, else ``views(batch, generator)``."""
+        return batch.views if batch.views is not None else self.views(batch, generator)
 
     def train(self) -> None:
         self.model.train()

@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# --recalibrate-bn's suggested value (off by default: on the demo's recipe it cost 0-2 points, BENCHMARKS.md
-# section 7; it rescues runs too short for the moving averages to follow the weights)
-RECALIBRATION_IMAGES = 4096
+from ..config import RECALIBRATION_IMAGES  # noqa: F401 - defined with the options (torch-free), imported from here too
 
 
 class BatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -1,48 +1,12 @@
-"""Model names: ``r{depth}_{width}x_sk{0|1}`` as the released SimCLRv2 checkpoints are named."""
+"""Encoders by name: ``r{depth}_{width}x_sk{0|1}`` as the released SimCLRv2 checkpoints are named
+(the names are parsed in ``simclrv2.names``, torch-free)."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import torch
 
-from ..errors import UserError
-from .resnet import BLOCKS_PER_GROUP, ResNet
-
-SK_RATIO = 0.0625
-NAME_PATTERN = re.compile(r"^r(\d+)_(\d+(?:\.\d+)?)x_sk([01])\Z")
-
-# The 13 models Google released (SPEC, Table 1 of the paper).
-RELEASED = (
-    "r50_1x_sk0", "r50_1x_sk1", "r50_2x_sk0", "r50_2x_sk1",
-    "r101_1x_sk0", "r101_1x_sk1", "r101_2x_sk0", "r101_2x_sk1",
-    "r152_1x_sk0", "r152_1x_sk1", "r152_2x_sk0", "r152_2x_sk1", "r152_3x_sk1",
-)
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    depth: int
-    width: float
-    sk: bool
-
-    @property
-    def name(self) -> str:
-        width = int(self.width) if float(self.width).is_integer() else self.width
-        return f"r{self.depth}_{width}x_sk{int(self.sk)}"
-
-
-def parse_model_name(name: str) -> EncoderSpec:
-    """``"r50_2x_sk1"`` -> EncoderSpec(50, 2, True); a one-line UserError for anything else."""
-    match = NAME_PATTERN.match(name)
-    if not match or int(match.group(1)) not in BLOCKS_PER_GROUP or float(match.group(2)) <= 0:
-        raise UserError(
-            f"unknown model {name!r}: use r{{depth}}_{{width}}x_sk{{0|1}} with depth in "
-            f"{sorted(BLOCKS_PER_GROUP)} and a positive width, e.g. r50_1x_sk1 "
-            "(`simclrv2 models` lists them)"
-        )
-    return EncoderSpec(int(match.group(1)), float(match.group(2)), match.group(3) == "1")
+from ..names import BLOCKS_PER_GROUP, SK_RATIO, EncoderSpec, parse_model_name
+from .resnet import ResNet
 
 
 def list_models() -> list[str]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..names import BLOCKS_PER_GROUP
 from .batchnorm import BatchNorm
 from .layers import (
     AvgPoolDown2x2,
@@ -22,15 +23,6 @@ from .layers import (
     conv2d,
     init_conv_,
 )
-
-BLOCKS_PER_GROUP = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-    200: ("bottleneck", (3, 24, 36, 3)),
-}
 
 
 def scaled(channels: int, width: float) -> int:

@@ -34,7 +34,7 @@ from ..checkpoint import atomic_write_bytes
 from ..config import option
 from ..data import ImageSet, holdout_split, open_images
 from ..data.annotations import listed_indices, relabeled
-from ..embed import Embedding, add_model_arguments, check_out_folder, embed_checkpoint, write_embedding
+from ..embed import Embedding, check_out_folder, embed_checkpoint, write_embedding
 from ..errors import UserError
 from . import figures
 from .methods import DEFAULT_METHOD, METHODS, Selection, parse_budget, select
@@ -193,24 +193,3 @@ def cmd_select(args: argparse.Namespace) -> int:
               f"{Path(args.out) / SELECTED} lists the {summary['selected']} to label; "
               f"{Path(args.out) / SELECTION_CSV} the new ones with their rank", file=sys.stderr)
     return 0
-
-
-def register(sub: Any) -> argparse.ArgumentParser:
-    """Add ``select`` to the command line."""
-    p = sub.add_parser("select", help="which images to label: chosen from the pretrained features, no labels used",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(p)
-    p.add_argument("--budget", required=True, metavar="N|P%",
-                   help="how many images to choose: a count (40) or a percentage of the candidates (10%%)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for selected.txt, selection.csv and the figures")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
-                   help=f"how to choose (default {DEFAULT_METHOD}; see `simclrv2.selection.methods`)")
-    p.add_argument("--labeled", default=None, metavar="FILE",
-                   help="images labeled already (a selected.txt or a path,label CSV): never chosen again, "
-                        "and the new ones go where they are not (the next round of labeling)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same selection)")
-    p.add_argument("--holdout", type=float, default=0.0, metavar="F",
-                   help="the --holdout your fine-tuning will use (with the same --seed): those images are never chosen")
-    p.add_argument("--no-figures", action="store_true", help="skip the contact sheet and the t-SNE map")
-    p.set_defaults(func=cmd_select)
-    return p

@@ -32,9 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-
-METHODS = ("typiclust", "probcover", "kcenter", "random")
-DEFAULT_METHOD = "typiclust"
+from ..names import DEFAULT_METHOD, METHODS
 
 MAX_CLUSTERS = 500  # TypiClust's cap on k-means clusters (the official code's)
 MIN_CLUSTER_SIZE = 5  # TypiClust: clusters this small are outliers, chosen from last

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,58 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import AugmentConfig, SimCLRAugment
-from ..config import Changed, StageConfig, defaults, option
 from ..data import ImageSet
 from ..data.loader import Batch
 from ..data.splits import annotated_held_out, micro_batch_size, open_labeled_splits, open_splits
 from ..distributed import Runtime
 from ..errors import UserError
 from ..losses import at_least_float32, distillation_loss, teacher_entropy
-from ..models import build_model, classifier_config, count_parameters, parse_model_name
-from ..models.batchnorm import RECALIBRATION_IMAGES
+from ..models import build_model, classifier_config, count_parameters
 from ..models.checkpoints import load_classifier, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
 from ..engine.placement import input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
+from .configs import DistillConfig
 from .finetune import accumulate, holdout_evaluation
 
 log = logging.getLogger("simclrv2")
-
-
-@dataclass
-@defaults(
-    epochs=400, warmup_epochs=0.0,
-    image_size=Changed(None, "side of the training images (default: the teacher's)", Optional[int]),
-)
-class DistillConfig(StageConfig):
-    """Distillation of a fine-tuned teacher into a student on unlabeled images. Defaults follow
-    SPEC: the pretraining optimizer settings (LARS, lr 0.1 * sqrt(B), weight decay 1e-4),
-    crop + flip, 400 epochs (the paper's; the batch here is the official code's default 512).
-    SPEC states no warmup; none by default, 5% of the epochs in the ImageNet presets."""
-
-    teacher: str = option("", "fine-tuned classifier checkpoint that teaches", required=True, path=True)
-    student: Optional[str] = option(None, "student encoder (default: the teacher's, i.e. self-distillation)")
-    student_from: str = option("scratch", "initialise the student from random weights ('scratch') or from "
-                               "a checkpoint's encoder (pretrain, import-tf, fine-tune)", path=True)
-    temperature: Optional[float] = option(None, "distillation temperature tau (default: 0.1 for "
-                                          "self-distillation, 1.0 for another student)", minimum=0,
-                                          exclusive_minimum=True)
-    alpha: float = option(1.0, "weight of the distillation loss; 1 - alpha goes to cross-entropy on "
-                          "--labels", minimum=0, maximum=1)
-    labels: Optional[str] = option(None, "labeled images for --alpha < 1: 'all', '1%', '5/class', a subset "
-                                  "file or a .csv of path,label rows", path=True)
-    recalibrate_bn: int = option(0, "after the last step, re-estimate the student's batch-norm statistics on N "
-                                 f"training images, labeled or not, with the training augmentation (PreciseBN; "
-                                 f"e.g. {RECALIBRATION_IMAGES}; 0: off, the default: it rescues runs too short for "
-                                 "the moving averages, and cost 0-2 points on full ones)", minimum=0)
-
-    def check(self) -> None:
-        if self.student:
-            parse_model_name(self.student)
-        if self.alpha < 1 and not self.labels:
-            raise UserError(f"--alpha {self.alpha} mixes in labels: pass --labels (e.g. --labels 1%) or "
-                            "use --alpha 1")
 
 
 class DistillStep(TrainStep):
@@ -98,7 +61,7 @@ class DistillStep(TrainStep):
         return input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return accumulate(self, self.views(batch, generator), batch)
+        return accumulate(self, self.inputs(batch, generator), batch)
 
     def loss(self, x: torch.Tensor, batch: Batch, rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of the images ``rows`` of the batch: their mean distillation loss, and the
@@ -180,13 +143,15 @@ def distill_parts(cfg: DistillConfig, runtime: Runtime, teacher: nn.Module, teac
         transplant(student, student_init)
     log.info("distilling %s (teacher, tau %g) into %s (%.2fM parameters) on %d images", teacher_record.encoder,
              tau, student_name, count_parameters(student) / 1e6, len(train))
+    channels_last = use_channels_last(cfg.channels_last, runtime.device)
     teacher = teacher.to(runtime.device).eval()
+    if channels_last:  # the views come in channels-last: the teacher's weights in the same layout
+        teacher = teacher.to(memory_format=torch.channels_last)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student, net = prepare_model(student, cfg, runtime, cfg.global_bn)
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
-    step = DistillStep(student, net, teacher, augment, tau, cfg.alpha,
-                       use_channels_last(cfg.channels_last, runtime.device),
+    step = DistillStep(student, net, teacher, augment, tau, cfg.alpha, channels_last,
                        micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
 
     evaluate = None

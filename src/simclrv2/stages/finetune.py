@@ -16,9 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 
 from ..augment import AugmentConfig, SimCLRAugment
 from ..checkpoint import atomic_write_bytes
-from ..config import Changed, StageConfig, defaults, option
+from ..config import StageConfig
 from ..data import ImageSet, holdout_split
 from ..data.loader import Batch
 from ..data.splits import LabeledSplits, annotated_held_out, capped_batch, micro_batch_size, open_labeled_splits
@@ -36,12 +35,12 @@ from ..errors import UserError
 from ..losses import at_least_float32
 from ..metrics import classification_metrics, predict_logits
 from ..models import build_model, classifier_config, count_parameters, parse_model_name
-from ..models.batchnorm import RECALIBRATION_IMAGES
 from ..models.checkpoints import Trained, check_same_encoder, classifier_from, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
 from ..engine.placement import input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
+from .configs import FinetuneConfig
 
 log = logging.getLogger("simclrv2")
 
@@ -59,52 +58,6 @@ def default_finetune_lr(model: str) -> float:
     """
     spec = parse_model_name(model)
     return 0.002 if (spec.width > 1 or spec.sk) else 0.005
-
-
-@dataclass
-@defaults(
-    epochs=Changed(None, "training epochs (default: the paper's, 60 when under 5% of the images are "
-                   "labeled, as at 1%, else 30, as at 10% and 100%)", Optional[int]),
-    batch_size=Changed(1024, "global batch size, capped at the number of labeled images"),
-    lr=Changed(None, "base learning rate, scaled by --lr-scaling (default: 0.005 for 1x sk0 encoders such "
-               "as r50_1x_sk0, 0.002 for wider or SK ones)", Optional[float]),
-    warmup_epochs=0.0, weight_decay=0.0,
-    image_size=Changed(None, "side of the training images (default: the pretraining run's, else 224)",
-                       Optional[int]),
-)
-class FinetuneConfig(StageConfig):
-    """Fine-tuning (or the supervised baseline with --from scratch). Defaults are the paper's
-    1%-label recipe (SPEC); the batch is capped at the number of labeled images."""
-
-    init: str = option("", "pretrained checkpoint to start from (pretrain, import-tf or a classifier), "
-                       "or 'scratch' for the supervised baseline", required=True, key="from", path=True)
-    model: Optional[str] = option(None, "encoder; needed with --from scratch, else taken from the checkpoint")
-    labels: str = option("all", "labeled images used: 'all', a percentage ('1%'), a count per class "
-                         "('5/class'), a subset file (e.g. the official 1percent.txt or `select`'s "
-                         "selected.txt) or a .csv of path,label rows (labels from annotation)", path=True)
-    head_layer: Optional[str] = option(None, "classify hiddens[j]: 0 = encoder output, 1 = after the first "
-                                       "head layer, ...; 'auto' tries each on held-out labeled images "
-                                       "(default: the paper's, 1 for a label subset, 0 for --labels all)")
-    head_search_fraction: float = option(0.3, "share of the labeled images scoring --head-layer auto",
-                                         minimum=0.05, maximum=0.9)
-    eval_every: int = option(0, "evaluate on the held-out images every N epochs (0: at the end only)",
-                             minimum=0)
-    recalibrate_bn: int = option(0, "after the last step, re-estimate the batch-norm statistics on N "
-                                 f"training images, labeled or not, with the training augmentation (PreciseBN; "
-                                 f"e.g. {RECALIBRATION_IMAGES}; 0: off, the default: it rescues runs too short for "
-                                 "the moving averages, and cost 0-2 points on full ones)", minimum=0)
-
-    def check(self) -> None:
-        if self.model:
-            parse_model_name(self.model)
-        if self.init == "scratch" and not self.model:
-            raise UserError("--from scratch needs --model (e.g. --model r50_1x_sk0)")
-        if self.head_layer not in (None, "auto"):
-            try:
-                if int(self.head_layer) < 0:
-                    raise ValueError
-            except ValueError:
-                raise UserError(f"--head-layer {self.head_layer!r} is not a layer number (0, 1, 2) or 'auto'") from None
 
 
 class ClassifierStep(TrainStep):
@@ -132,7 +85,7 @@ class ClassifierStep(TrainStep):
         return input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return accumulate(self, self.views(batch, generator), batch)
+        return accumulate(self, self.inputs(batch, generator), batch)
 
 
 def accumulate(step, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -10,11 +10,8 @@ checkpoint that ``evaluate``, ``predict`` and ``export`` take.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Optional
 
 from ..augment import AugmentConfig, SimCLRAugment
-from ..config import Changed, StageConfig, defaults, option
 from ..data.splits import capped_batch, micro_batch_size, open_labeled_splits
 from ..distributed import Runtime
 from ..errors import UserError
@@ -24,25 +21,8 @@ from ..optim import param_groups
 from ..record import Record
 from ..engine.placement import prepare_model, use_channels_last
 from ..engine.stage import Parts
+from .configs import LinearEvalConfig
 from .finetune import ClassifierStep, holdout_evaluation
-
-
-@dataclass
-@defaults(
-    epochs=90, batch_size=Changed(4096, "global batch size, capped at the number of labeled images"),
-    optimizer="sgd", lr_scaling="linear", warmup_epochs=0.0,
-    weight_decay=Changed(1e-6, "weight decay of the linear layer"),
-    image_size=Changed(None, "side of the images (default: the checkpoint's run, else 224)", Optional[int]),
-    global_bn=Changed(False, "unused: the frozen network's BN statistics do not change"),
-)
-class LinearEvalConfig(StageConfig):
-    """Linear evaluation on frozen features (SPEC: SGD with Nesterov momentum, lr 0.1 * B / 256,
-    weight decay 1e-6, 90 epochs; batch 4096, capped at the number of labeled images)."""
-
-    init: str = option("", "checkpoint whose features are evaluated (pretrain, import-tf, fine-tune or "
-                       "distill)", required=True, key="from", path=True)
-    labels: str = option("all", "labeled images used: 'all', a percentage, a count per class or a subset file")
-    head_layer: int = option(0, "classify hiddens[j] (0: the encoder output)", minimum=0)
 
 
 class LinearStep(ClassifierStep):

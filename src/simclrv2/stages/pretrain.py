@@ -11,15 +11,13 @@ every epoch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import AugmentConfig, SimCLRAugment
-from ..config import StageConfig, option
+from ..augment import SimCLRAugment
 from ..data.loader import Batch
 from ..data.splits import Splits, micro_batch_size, open_splits
 from ..distributed import Runtime, no_sync
@@ -27,47 +25,17 @@ from ..errors import UserError
 from ..losses import NTXentLoss, at_least_float32
 from ..memory import MemoryQueue, MomentumEncoder
 from ..metrics import eval_loader, extract_features, knn_accuracy
-from ..models import build_model, contrastive_config, count_parameters, parse_model_name
+from ..models import build_model, contrastive_config, count_parameters
 from ..models.batchnorm import frozen_running_stats
 from ..optim import param_groups, scale_learning_rate
 from ..record import Record
 from ..engine.placement import input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
+from .configs import PretrainConfig
 
 log = logging.getLogger("simclrv2")
 
 MONITOR_LR = 0.1  # per 256 images, linear scaling: the linear-evaluation rate of SPEC
-
-
-@dataclass
-class PretrainConfig(StageConfig):
-    """Contrastive pretraining. Defaults follow the paper's SimCLRv2 recipe (SPEC) except the
-    batch size, epochs and warmup (512, 100 and 10 epochs, the official code's defaults; the
-    paper used 4096, 800 and 5% of the epochs: see configs/imagenet_pretrain.yaml)."""
-
-    model: str = option("r50_1x_sk1", "encoder, r{depth}_{width}x_sk{0|1} (see `simclrv2 models`)")
-    temperature: float = option(0.1, "NT-Xent temperature", minimum=0, exclusive_minimum=True)
-    head_layers: int = option(3, "projection head layers", minimum=1)
-    head_hidden_dim: Optional[int] = option(None, "projection head width (default: the encoder's)", minimum=1)
-    head_out_dim: int = option(128, "projection output dimension", minimum=1)
-    color_strength: Optional[float] = option(None, "colour jitter strength s (default: 1.0, or 0.5 at <= 32 px)",
-                                             minimum=0)
-    blur: str = option("auto", "Gaussian blur with p 0.5 (auto: on above 32 px)", choices=("auto", "on", "off"))
-    memory: int = option(0, "memory-queue negatives from a momentum encoder (paper: 65536; 0: off)", minimum=0)
-    memory_momentum: float = option(0.999, "EMA decay of the momentum encoder", minimum=0, maximum=1)
-    linear_monitor: bool = option(True, "train a linear classifier on stop-gradient features when the "
-                                  "images have labels (the official 'linear eval while pretraining')")
-    knn_monitor: bool = option(True, "kNN accuracy on the held-out images after every epoch")
-    knn_k: int = option(20, "neighbours of the kNN monitor", minimum=1)
-
-    def check(self) -> None:
-        parse_model_name(self.model)
-
-    def augment_config(self) -> AugmentConfig:
-        base = AugmentConfig.pretrain(self.image_size)
-        blur_p = {"on": 0.5, "off": 0.0}.get(self.blur, base.blur_p)
-        return base.replace(color_strength=self.color_strength, blur_p=blur_p,
-                            crop_area=(self.crop_min_area, 1.0), flip=self.flip)
 
 
 class ContrastiveStep(TrainStep):
@@ -102,7 +70,7 @@ class ContrastiveStep(TrainStep):
         if self.micro_batch is not None:
             return self._cached(batch, generator, queue)
         n = batch.images.shape[0]
-        views = self._views(batch, generator, slice(0, n))
+        views = self.inputs(batch, generator)
         z, monitor_logits = self.net(views)
         loss = self.criterion(z[:n], z[n:], queue)
         logs = {"contrastive_loss": loss.detach()}
@@ -114,6 +82,9 @@ class ContrastiveStep(TrainStep):
         if self.momentum is not None:
             self._keys = self.momentum(views)
         return loss, logs
+
+    def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        return self._views(batch, generator, slice(0, batch.images.shape[0]))
 
     def _views(self, batch: Batch, generator: torch.Generator, rows: slice) -> torch.Tensor:
         """Both augmented views of the images ``rows`` (view 1 of every image, then view 2)."""
