@@ -424,6 +424,9 @@ class RunOptions:
     checkpoint_every: int = option(0, "steps between checkpoints (0: only every --checkpoint-epochs)",
                                    minimum=0)
     checkpoint_epochs: int = option(1, "epochs between checkpoints", minimum=1)
+    checkpoint_minutes: float = option(1.0, "at most one --checkpoint-epochs checkpoint per this many minutes of "
+                                       "training (short epochs: not one per step; 0: at every one); "
+                                       "--checkpoint-every and stop signals always write one", minimum=0)
     keep_checkpoints: int = option(3, "checkpoints kept in the run folder", minimum=1)
     tensorboard: Optional[bool] = option(None, "also write TensorBoard logs (needs the tensorboard extra; "
                                          "default: when it is installed)")

@@ -205,3 +205,16 @@ def test_saved_config_and_record_name_the_files_from_any_folder(tmp_path, monkey
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the held-out images are found again from another folder
     assert len(training_eval_split(record, "model.pt")) == 6
+
+
+def test_epoch_checkpoints_are_at_most_one_a_minute_unless_asked(tmp_path):
+    """Epochs of one step (a fine-tuning on 20 labels) wrote a checkpoint every step: half its time."""
+    cfg = dict(data="digits", model="r18_0.125x_sk0", image_size=16, epochs=3, batch_size=512, workers=0,
+               holdout=0.2, knn_monitor=False, keep_checkpoints=10, tensorboard=False)
+    written = {}
+    for minutes in (0.0, 1.0):
+        out = tmp_path / f"every_{minutes}"
+        run(from_mapping(PretrainConfig, {**cfg, "checkpoint_minutes": minutes, "out": str(out)}), pretrain.build)
+        written[minutes] = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.pt"))
+    assert written[0.0] == ["ckpt-000000002.pt", "ckpt-000000004.pt"]  # 2 steps an epoch; none after the last
+    assert written[1.0] == []  # the run is over in seconds

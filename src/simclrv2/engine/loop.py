@@ -270,7 +270,8 @@ class Engine:
         cfg, p, spe = self.cfg, self.progress, self.steps_per_epoch
         self.step.train()
         self.stop.defer()
-        started = time.perf_counter() - p.train_seconds
+        started = last_saved = time.perf_counter()
+        started -= p.train_seconds
         window = Window()
         while p.step < p.total_steps:
             epoch, first = divmod(p.step, spe)
@@ -290,9 +291,11 @@ class Engine:
                         and p.step < p.total_steps:
                     self._evaluate("epoch")
                 want_checkpoint = (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0) or (
-                    end_of_epoch and (p.step // spe) % cfg.checkpoint_epochs == 0)
+                    end_of_epoch and (p.step // spe) % cfg.checkpoint_epochs == 0
+                    and time.perf_counter() - last_saved >= 60 * cfg.checkpoint_minutes)
                 stop_now = self._stop_requested()
                 if (want_checkpoint or stop_now) and p.step < p.total_steps:
+                    last_saved = time.perf_counter()
                     path = self.save(background=not stop_now)
                     if stop_now:
                         raise Preempted(self.stop.signum or signal.SIGTERM, path)
