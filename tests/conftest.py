@@ -24,8 +24,9 @@ def shared_dir() -> Path:
 # A shortened demo pipeline, run once per test session (~4 min on 2 cores): the 2-labels-per-class
 # column of configs/demo.yaml with the demo's own epochs, without the 10% column and with a
 # shorter linear evaluation. Tests of fine-tuning, distillation, the pipeline and the report
-# read its stage folders.
-SHORT_DEMO = ["linear_eval.epochs=5", 'labels=["2/class"]']
+# read its stage folders; every stage writes its epoch checkpoints (they take seconds, not the minute
+# between two epoch checkpoints of a default run), which the resume tests use.
+SHORT_DEMO = ["linear_eval.epochs=5", 'labels=["2/class"]', "common.checkpoint_minutes=0"]
 
 
 @pytest.fixture(scope="session")

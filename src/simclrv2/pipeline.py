@@ -270,24 +270,28 @@ def packaged_config(name: str) -> Path:
     return Path(str(path))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def print_results(cfg: PipelineConfig) -> None:
+    """The results table and where the report is, once (the main process, under torchrun)."""
     from . import report
+    from .distributed import is_main_process
 
+    if is_main_process():
+        print(report.results_table(Path(cfg.out)))
+        print(f"report: {Path(cfg.out) / 'report.md'}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     config = args.config
     if not Path(config).is_file() and not config.endswith((".yaml", ".yml")):
         config = str(packaged_config(config))
     cfg = load_pipeline_config(config, args.set)
     run_pipeline(cfg)
-    print(report.results_table(Path(cfg.out)))
-    print(f"report: {Path(cfg.out) / 'report.md'}")
+    print_results(cfg)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import report
-
     cfg = load_pipeline_config(str(packaged_config("demo")), args.set, {"out": args.out})
     run_pipeline(cfg)
-    print(report.results_table(Path(cfg.out)))
-    print(f"report: {Path(cfg.out) / 'report.md'}")
+    print_results(cfg)
     return 0

@@ -58,11 +58,10 @@ def predict(model_path: str, inputs: list[str], top_k: int = 1, image_size: int 
     k = min(top_k, len(names))
     for batch in loader.epoch(0):
         probs = model(batch.images.float().div_(255)).float().softmax(1)
-        top_p, top_i = probs.topk(k, dim=1)
-        for pos, i in enumerate(batch.indices.tolist()):
-            rows[i] = {"path": images.describe(i),
-                       "classes": [names[c] for c in top_i[pos].tolist()],
-                       "probabilities": [round(p, 6) for p in top_p[pos].tolist()]}
+        top_p, top_i = (t.cpu().tolist() for t in probs.topk(k, dim=1))  # one copy to the host per batch
+        for i, p, c in zip(batch.indices.tolist(), top_p, top_i):
+            rows[i] = {"path": images.describe(i), "classes": [names[j] for j in c],
+                       "probabilities": [round(q, 6) for q in p]}
     for i in range(len(images)):
         rows.setdefault(i, {"path": images.describe(i), "classes": [], "probabilities": [],
                             "error": "unreadable image"})

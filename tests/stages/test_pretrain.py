@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,18 @@ def test_torchrun_two_processes(tmp_path):
     result = json.loads((tuned / "result.json").read_text())
     assert result["labeled_images"] == 145 and result["steps"] == 1
     assert load_checkpoint(tuned / "model.pt")["record"]["config"]["batch_size"] == 144
+
+
+def test_knn_monitor_every_n_epochs_on_at_most_a_fixed_sample(tmp_path):
+    from simclrv2.data import ImageSet
+    from simclrv2.stages.pretrain import at_most
+
+    run(config(tmp_path, epochs=5, batch_size=512, knn_every=2))
+    epochs = [r["epoch"] for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
+    assert epochs == [2, 4]  # and the final evaluation at epoch 5 ("eval")
+    images = ImageSet(paths=None, arrays=np.zeros((50, 2, 2, 3), np.uint8), labels=np.arange(50) % 5,
+                      class_names=list("abcde"), name="fifty")
+    assert at_most(images, 50, seed=0) is images
+    sample = at_most(images, 20, seed=0)
+    assert len(sample) == 20 and list(sample.labels) == list(at_most(images, 20, seed=0).labels)
+    assert sample.name == images.name and len(at_most(images, 20, seed=1).labels) == 20

@@ -13,12 +13,15 @@ Batches follow a seeded per-epoch permutation split into *global* batches (every
 its own slice of each global batch, so no image appears twice in one), and an epoch can start
 at any batch: a resumed run sees exactly the batches an uninterrupted one would.
 
-Unreadable images (corrupt, truncated, not an image) are replaced by the next readable one
-and reported once each by the caller; with ``strict`` the first one is an error.
+Unreadable images (corrupt, truncated, not an image) are replaced by a readable one (up to 16
+tries, then, in training, by a copy of a readable image of the same batch: a training batch keeps
+its size on every process) and reported once each by the caller; with ``strict`` the first one is
+an error.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -106,8 +109,14 @@ class ImageDataset(Dataset):
         return {"image": None, "aspect": 1.0, "label": -1, "index": i, "skipped": skipped, "ok": False}
 
 
-def collate(items: list[dict]) -> dict:
+def collate(items: list[dict], full: bool = False) -> dict:
+    """One batch of ``ImageDataset`` items; the unreadable ones (no readable substitute either) are left
+    out, or with ``full`` replaced by copies of readable images of the same batch, so that the batch keeps
+    its size: every process of a distributed step must contribute the same number of images to the
+    collectives (NT-Xent's gather, global batch norm)."""
     good = [it for it in items if it["ok"]]
+    if full and good and len(good) < len(items):
+        good = good + [good[k % len(good)] for k in range(len(items) - len(good))]
     batch = {
         "skipped": [msg for it in items for msg in it["skipped"]],
         "failed": [it["index"] for it in items if not it["ok"]],
@@ -244,7 +253,8 @@ class Loader:
         if self.cache is None:
             dataset = ImageDataset(images, mode, size, crop_fraction, strict)
             self._loader = DataLoader(
-                dataset, batch_sampler=self.sampler, num_workers=self.workers, collate_fn=collate,
+                dataset, batch_sampler=self.sampler, num_workers=self.workers,
+                collate_fn=functools.partial(collate, full=mode == "train" and drop_last),
                 pin_memory=runtime.device.type == "cuda", persistent_workers=self.workers > 0,
                 prefetch_factor=4 if self.workers > 0 else None,
             )
@@ -285,6 +295,11 @@ class Loader:
                                 "file or leave out --strict-data to skip it)")
             self._report(batch["skipped"])
             if "images" not in batch:
+                if self.sampler.drop_last and self.runtime.world_size > 1:
+                    # the other processes would wait for this one's share in the step's collectives
+                    raise UserError(f"no image of a whole batch of {self.images.name} could be read (each after "
+                                    f"{MAX_SUBSTITUTES} substitutes): check the files, or run with --strict-data "
+                                    "to stop at the first unreadable one")
                 continue
             yield Batch(batch["images"].to(device, non_blocking=non_blocking),
                         batch["aspect"].to(device, non_blocking=non_blocking),

@@ -36,7 +36,9 @@ class PretrainConfig(StageConfig):
     memory_momentum: float = option(0.999, "EMA decay of the momentum encoder", minimum=0, maximum=1)
     linear_monitor: bool = option(True, "train a linear classifier on stop-gradient features when the "
                                   "images have labels (the official 'linear eval while pretraining')")
-    knn_monitor: bool = option(True, "kNN accuracy on the held-out images after every epoch")
+    knn_monitor: bool = option(True, "kNN accuracy on the held-out images after every --knn-every epochs "
+                               "(a bank of at most 100,000 training images, at most 20,000 queries)")
+    knn_every: int = option(1, "epochs between kNN monitor evaluations", minimum=1)
     knn_k: int = option(20, "neighbours of the kNN monitor", minimum=1)
 
     def check(self) -> None:

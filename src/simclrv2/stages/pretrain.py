@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..augment import SimCLRAugment
+from ..data import ImageSet
 from ..data.loader import Batch
 from ..data.splits import Splits, micro_batch_size, open_splits
 from ..distributed import Runtime, no_sync
@@ -29,13 +31,17 @@ from ..models import build_model, contrastive_config, count_parameters
 from ..models.batchnorm import frozen_running_stats
 from ..optim import param_groups, scale_learning_rate
 from ..record import Record
-from ..engine.placement import input_layout, prepare_model, use_channels_last
+from ..engine.placement import autocast_dtype, input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
 from .configs import PretrainConfig
 
 log = logging.getLogger("simclrv2")
 
 MONITOR_LR = 0.1  # per 256 images, linear scaling: the linear-evaluation rate of SPEC
+# The kNN monitor's bank and queries: every image of a small data set, a fixed sample of a large one
+# (on ImageNet the whole training set would take the main process minutes an epoch while the others wait).
+KNN_BANK = 100_000
+KNN_QUERIES = 20_000
 
 
 class ContrastiveStep(TrainStep):
@@ -187,15 +193,26 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> 
     evaluate = None
     if cfg.knn_monitor and splits.holdout is not None and (train.labels >= 0).all():
         loaders = []
+        precision = autocast_dtype(cfg.precision, runtime.device)
 
         def evaluate() -> dict[str, Any]:
             if not loaders:  # built on first use: the main process alone evaluates
-                loaders.extend(eval_loader(s, cfg.image_size, runtime, 256, cfg.workers, cfg.cache, cfg.strict_data)
-                               for s in (train, splits.holdout))
+                loaders.extend(eval_loader(at_most(s, n, cfg.seed), cfg.image_size, runtime, 256, cfg.workers,
+                                           cfg.cache, cfg.strict_data)
+                               for s, n in ((train, KNN_BANK), (splits.holdout, KNN_QUERIES)))
             model.eval()
-            bank, bank_labels = extract_features(model.encoder, loaders[0], channels_last)
-            queries, query_labels = extract_features(model.encoder, loaders[1], channels_last)
+            # in the training precision: on ImageNet the monitor embeds 120,000 images an epoch
+            with torch.autocast(runtime.device.type, dtype=precision or torch.float32, enabled=precision is not None):
+                bank, bank_labels = extract_features(model.encoder, loaders[0], channels_last)
+                queries, query_labels = extract_features(model.encoder, loaders[1], channels_last)
             return {"knn_top1": knn_accuracy(bank, bank_labels, queries, query_labels, cfg.knn_k)}
 
     record = Record("pretrain", model_config, cfg.image_size, train.class_names or None)
-    return Parts(cfg, record, model, step, train, groups, evaluate, eval_every=1)
+    return Parts(cfg, record, model, step, train, groups, evaluate, eval_every=cfg.knn_every)
+
+
+def at_most(images: ImageSet, count: int, seed: int) -> ImageSet:
+    """``images``, or a fixed random ``count`` of them (sorted) when there are more."""
+    if len(images) <= count:
+        return images
+    return images.subset(np.sort(np.random.default_rng([11, seed]).choice(len(images), count, replace=False)))
