@@ -1,7 +1,7 @@
 """From an ImageSet to batches of uint8 tensors on the training device.
 
 Decoding and resizing happen in DataLoader worker processes (or once, into an in-memory cache,
-for datasets small enough); the device receives uint8 tensors and does the augmentation itself
+for datasets small enough, kept on the GPU when training there); the device receives uint8 tensors and does the augmentation itself
 (``simclrv2.augment``). Two preprocessing modes:
 
 - ``train``: the whole image squashed to ``load_size`` x ``load_size``, with its original aspect
@@ -259,7 +259,10 @@ class Loader:
                 prefetch_factor=4 if self.workers > 0 else None,
             )
         elif runtime.device.type == "cuda":
-            self.cache.images = self.cache.images.pin_memory()
+            # Kept on the GPU (at most CACHE_BYTES) and gathered there: indexing a pinned host copy makes a
+            # fresh pageable tensor every step, whose "non-blocking" copy then blocks.
+            c = self.cache
+            c.images, c.aspect, c.labels = (t.to(runtime.device) for t in (c.images, c.aspect, c.labels))
 
     def __len__(self) -> int:
         return self.sampler.batches_per_epoch()
@@ -284,9 +287,8 @@ class Loader:
             c = self.cache
             for positions in self.sampler:
                 idx = torch.as_tensor(positions, dtype=torch.long)
-                yield Batch(c.images[idx].to(device, non_blocking=non_blocking),
-                            c.aspect[idx].to(device, non_blocking=non_blocking),
-                            c.labels[idx].to(device, non_blocking=non_blocking),
+                where = idx.to(c.images.device, non_blocking=non_blocking)  # the cache's device (GPU or host)
+                yield Batch(c.images[where].to(device), c.aspect[where].to(device), c.labels[where].to(device),
                             c.indices[idx])
             return
         for batch in self._loader:

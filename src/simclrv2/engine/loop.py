@@ -6,10 +6,11 @@
   cosine decay); bf16 autocast where asked; ``zero_grad(set_to_none=True)``;
 - no host sync outside logging steps: losses accumulate on the device and are read every
   ``log_every`` steps (marked "host sync" below);
-- checkpoints every N steps and every N epochs, written atomically with everything needed to
-  continue exactly: weights, optimizer, the step's state (queue, momentum encoder), progress,
-  RNG state, and the typed record. Data order is a function of (seed, epoch) and augmentation a
-  function of (seed, step, rank), so a resumed run repeats the uninterrupted one;
+- checkpoints every N steps and every N epochs (those at most once a minute), written atomically
+  from a host copy in a background thread, with everything needed to continue exactly: weights,
+  optimizer, the step's state (queue, momentum encoder), progress, RNG state, and the typed record.
+  Data order is a function of (seed, epoch) and augmentation a function of (seed, step, rank), so a
+  resumed run repeats the uninterrupted one;
 - SIGTERM/SIGINT: before training starts, the run stops at once (and a folder it created is
   removed); during training, a checkpoint at the next step boundary, then exit 128 + signal;
 - a non-finite loss: stop, leaving the last good checkpoint intact, or skip the step;
