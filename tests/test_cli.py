@@ -119,3 +119,12 @@ def test_help_does_not_import_torch(command):
     assert [m for m in imported if m == "torch" or m.startswith("torch.")] == []
     if command == ["pretrain"]:
         assert "--temperature" in done.stdout and "--batch-size" in done.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`simclrv2 models | head -1`: no 'cannot write ... Broken pipe' disk error, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "simclrv2", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == "", err

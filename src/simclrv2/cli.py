@@ -15,6 +15,7 @@ import argparse
 import ast
 import importlib
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -301,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
     try:
-        return command_function(args)(args)
+        code = command_function(args)(args)
+        sys.stdout.flush()  # here, where a reader that went away is handled, not at interpreter exit
+        return code
     except UserError as exc:
         if args.debug:
             traceback.print_exc()
@@ -313,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("simclrv2: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`simclrv2 predict ... | head`): stop quietly, as a shell tool
+        # killed by SIGPIPE, and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         message = user_error(exc)
         if message is None:
