@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from ..augment import AugmentConfig
 
 
+def recalibrate_bn_option(whose: str):
+    """``--recalibrate-bn`` of fine-tuning and distillation (``models.batchnorm.recalibrate``)."""
+    return option(0, f"after the last step, re-estimate {whose} batch-norm statistics on N training images, "
+                  f"labeled or not, with the training augmentation (PreciseBN; e.g. {RECALIBRATION_IMAGES}; 0: off, "
+                  "the default: it rescues runs too short for the moving averages, and cost 0-2 points on full ones)",
+                  minimum=0)
+
+
 @dataclass
 class PretrainConfig(StageConfig):
     """Contrastive pretraining. Defaults follow the paper's SimCLRv2 recipe (SPEC) except the
@@ -81,10 +89,7 @@ class FinetuneConfig(StageConfig):
                                          minimum=0.05, maximum=0.9)
     eval_every: int = option(0, "evaluate on the held-out images every N epochs (0: at the end only)",
                              minimum=0)
-    recalibrate_bn: int = option(0, "after the last step, re-estimate the batch-norm statistics on N "
-                                 f"training images, labeled or not, with the training augmentation (PreciseBN; "
-                                 f"e.g. {RECALIBRATION_IMAGES}; 0: off, the default: it rescues runs too short for "
-                                 "the moving averages, and cost 0-2 points on full ones)", minimum=0)
+    recalibrate_bn: int = recalibrate_bn_option("the")
 
     def check(self) -> None:
         if self.model:
@@ -139,10 +144,7 @@ class DistillConfig(StageConfig):
                           "--labels", minimum=0, maximum=1)
     labels: Optional[str] = option(None, "labeled images for --alpha < 1: 'all', '1%', '5/class', a subset "
                                   "file or a .csv of path,label rows", path=True)
-    recalibrate_bn: int = option(0, "after the last step, re-estimate the student's batch-norm statistics on N "
-                                 f"training images, labeled or not, with the training augmentation (PreciseBN; "
-                                 f"e.g. {RECALIBRATION_IMAGES}; 0: off, the default: it rescues runs too short for "
-                                 "the moving averages, and cost 0-2 points on full ones)", minimum=0)
+    recalibrate_bn: int = recalibrate_bn_option("the student's")
 
     def check(self) -> None:
         if self.student:
