@@ -1,7 +1,10 @@
 """Two gloo processes on CPU against one process on the full batch."""
 
 import os
+import re
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -127,3 +130,23 @@ def test_global_bn_moves_toward_the_biased_variance_of_the_global_batch(tmp_path
         running = torch.load(tmp_path / f"{rank}.pt")
         torch.testing.assert_close(running["0.running_mean"], mean, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(running["0.running_var"], var, rtol=1e-12, atol=1e-15)
+
+
+def test_compiled_two_process_pretraining_with_global_bn_has_no_graph_break_in_the_network(tmp_path):
+    """``--compile`` under torchrun traces the network whole: global BN's all-reduce is a functional
+    collective (``torch.distributed.nn.functional``'s broke the graph at every BN layer). Dynamo
+    deliberately does not trace DDP's own ``forward`` prelude (its logger and ``_inside_ddp_forward``):
+    those two breaks, outside the network, are the only ones allowed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_LOGS": "graph_breaks"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "simclrv2", "pretrain", "--data", "digits", "--out", str(tmp_path / "run"), "--model", "r18_0.25x_sk1",
+         "--image-size", "16", "--epochs", "1", "--batch-size", "128", "--workers", "0", "--holdout", "0.2",
+         "--memory", "256", "--no-tensorboard", "--compile", "--compile-backend", "eager"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where = re.findall(r"Graph break in user code at (\S+):\d+", proc.stderr)
+    assert where, "no graph-break log lines: TORCH_LOGS=graph_breaks did not reach the processes"
+    ddp_prelude = [w for w in where if w.endswith(("torch/nn/parallel/distributed.py", "/contextlib.py"))]
+    assert where == ddp_prelude, sorted(set(where) - set(ddp_prelude))
+    assert len(where) <= 2 * 2  # at most the two of DDP's prelude, on each process

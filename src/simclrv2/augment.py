@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # TF rgb_to_grayscale
 
@@ -213,8 +214,8 @@ def color_jitter(x: torch.Tensor, strength: float, apply: torch.Tensor,
     """
     params, order = sample_jitter(x.shape[0], strength, generator, x.device)
     ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    if by_subset is None:
-        by_subset = x.device.type == "cpu"
+    if by_subset is None:  # (tensors without data, as the memory estimate's, cannot be indexed by a mask)
+        by_subset = x.device.type == "cpu" and not isinstance(x, FakeTensor)
     if by_subset:
         x = x.clone()
         for position in range(4):

@@ -400,6 +400,9 @@ class RuntimeOptions:
     channels_last: str = option("auto", "channels-last memory format (auto: on GPU and on CPU with oneDNN)",
                                 choices=("auto", "on", "off"))
     compile: bool = option(False, "torch.compile the model")
+    compile_backend: str = option("inductor", "torch.compile backend of --compile (eager: trace only, to look for "
+                                  "graph breaks with TORCH_LOGS=graph_breaks; aot_eager; cudagraphs)",
+                                  choices=("inductor", "eager", "aot_eager", "cudagraphs"))
     prefetch_views: bool = option(False, "draw the next step's augmented views in a thread while a step computes "
                                   "(on 2 CPU cores it cost 0-25%: the step already uses every core)")
     workers: Optional[int] = option(None, "decoding worker processes (default: cores - 1, at most 8)",

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from .errors import UserError
@@ -101,11 +100,48 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+# Collectives with autograd, on PyTorch's functional collectives (the ops torch.compile traces without a graph
+# break; ``torch.distributed.nn.functional``, deprecated, breaks the graph at each call).
+_functional = torch.ops._c10d_functional
+
+
+def _world_group() -> str:
+    return dist.group.WORLD.group_name
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of each input is the sum of the outputs' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _functional.wait_tensor(_functional.all_reduce(x.contiguous(), "sum", _world_group()))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _functional.wait_tensor(_functional.all_reduce(grad.contiguous(), "sum", _world_group()))
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenation along dim 0 in rank order; each process gets back the summed gradient of its slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _functional.wait_tensor(_functional.all_gather_into_tensor(x.contiguous(), world_size(), _world_group()))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _functional.wait_tensor(
+            _functional.reduce_scatter_tensor(grad.contiguous(), "sum", world_size(), _world_group()))
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over processes, with autograd (a new tensor; ``x`` itself with one process)."""
+    return x if world_size() == 1 else _AllReduceSum.apply(x)
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every process in rank order; gradients flow back to their owners."""
-    if world_size() == 1:
-        return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return x if world_size() == 1 else _AllGather.apply(x)
 
 
 def no_sync(net: nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -157,7 +193,7 @@ class GlobalBatchNorm(BatchNorm):
         xf = x if x.dtype == torch.float64 else x.float()  # at least float32 for the sums
         count = xf.new_full((1,), x.numel() / x.shape[1])  # a fill, not a copy from the host
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
-        stats = dist_fn.all_reduce(stats)
+        stats = all_reduce_sum(stats)
         c = x.shape[1]
         total = stats[-1]
         mean = stats[:c] / total

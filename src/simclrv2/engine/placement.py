@@ -78,7 +78,7 @@ def prepare_model(model: nn.Module, cfg: RuntimeOptions, runtime: Runtime,
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
                                                           gradient_as_bucket_view=True)
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, backend=cfg.compile_backend)
     return model, train_model
 
 
