@@ -136,7 +136,7 @@ def pretrain_augment(case: Case) -> SimCLRAugment:
 
 def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, precision: str = "auto",
                  channels_last: str = "auto", compile_backend: str | None = None,
-                 micro_batch: int | None = None) -> Engine:
+                 micro_batch: int | None = None, settings: dict | None = None) -> Engine:
     """The engine of a real ``stage`` run (pretrain, finetune, distill) training on ``data``, ready
     for ``engine.train_step(batch)``: its step, optimizer, schedule and autocast are the run's.
 
@@ -148,13 +148,14 @@ def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, p
     hiddens[1] (the paper's 1%-label network) from random weights, and distillation's teacher is
     such a classifier (no checkpoint: weights do not change the timing); no worker processes, no
     image cache. ``compile_backend``: the network the step calls is ``torch.compile``d with that
-    backend, as ``prepare_model`` does for ``--compile`` (which has no backend choice).
+    backend, as ``prepare_model`` does for ``--compile --compile-backend``. ``settings``: more
+    options of the stage's config (``{"memory": 65536, "activation_checkpointing": True}``).
     """
     runtime = single_process(str(device))
     settings = {"data": data.name, "out": str(Path(_runs().name) / stage), "image_size": case.size,
                 "batch_size": case.batch, "epochs": SCHEDULE_STEPS, "warmup_epochs": 0.0,
                 "device": device.type, "precision": precision, "channels_last": channels_last,
-                "workers": 0, "cache": "off", "tensorboard": False, "micro_batch": micro_batch}
+                "workers": 0, "cache": "off", "tensorboard": False, "micro_batch": micro_batch, **(settings or {})}
     torch.manual_seed(0)
     if stage == "pretrain":
         cfg = from_mapping(pretrain.PretrainConfig, {**settings, "model": case.model})
@@ -185,3 +186,32 @@ def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, p
 def _runs() -> tempfile.TemporaryDirectory:
     """Where the engines' run folders are (``train_step`` writes nothing); removed at exit."""
     return tempfile.TemporaryDirectory(prefix="simclrv2_bench_")
+
+
+def measured_peak(engine: Engine, batch: Batch, steps: int = 2) -> int:
+    """Bytes alive at the highest point of ``steps`` real training steps of ``engine`` (the memory estimate's
+    reference). CUDA: ``torch.cuda.max_memory_allocated``. CPU: the step's weights and buffers plus the
+    highest running sum of the CPU allocator's allocations and frees (the profiler's memory events)."""
+    device = engine.runtime.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            engine.train_step(batch)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    from torch.profiler import ProfilerActivity, profile
+
+    held = {id(t): t for m in vars(engine.step).values() if isinstance(m, torch.nn.Module)
+            for t in [*m.parameters(), *m.buffers()]}
+    resident = sum(t.untyped_storage().nbytes() for t in held.values())
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for _ in range(steps):
+            engine.train_step(batch)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return resident + peak

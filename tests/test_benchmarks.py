@@ -34,8 +34,23 @@ def run_script(name: str, *args: str) -> str:
                                           "| typiclust - balanced random |"]),
     ("reference_loop.py", ("--quick",), ["| per-step ratio |", "| whole-run ratio |", "r18_0.25x_sk0 @ 32 px"]),
     ("checkpoint_stall.py", ("--quick",), ["| training stalled ms |", "background (host copy, thread)"]),
+    ("memory_estimate.py", ("--quick",), ["| preset | model | images / GPU |", "--micro-batch 2 --activation-checkpointing"]),
+    ("memory_estimate.py", ("--quick", "--measure"), ["| estimate GiB | measured GiB | ratio |", "| distill |"]),
 ])
 def test_benchmark_quick_mode_prints_its_table(name, args, expected):
     out = run_script(name, *args)
     for text in expected:
         assert text in out, f"{text!r} missing from the output of {name}:\n{out}"
+
+
+def test_gpu_smoke_script_runs_on_cpu_with_two_gloo_processes(tmp_path):
+    """benchmarks/gpu_smoke.sh, unchanged, on this CPU: torchrun pretraining with --compile (aot_eager here),
+    its step-10 checkpoint resumed on one process, the throughput benchmark's short case."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_smoke.sh"), str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = proc.stdout
+    assert "device cpu, 2 processes" in out and "resumed from" in out and "at step 10 of 20" in out
+    assert "two: 20 steps" in out and "one: 20 steps" in out and "memory estimate" in out
+    assert "0 outside DDP's forward prelude" in out and "gpu_smoke: ok" in out

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -150,3 +151,46 @@ def test_compiled_two_process_pretraining_with_global_bn_has_no_graph_break_in_t
     ddp_prelude = [w for w in where if w.endswith(("torch/nn/parallel/distributed.py", "/contextlib.py"))]
     assert where == ddp_prelude, sorted(set(where) - set(ddp_prelude))
     assert len(where) <= 2 * 2  # at most the two of DDP's prelude, on each process
+
+
+def sharded_features_worker(rank, port, arrays, labels, out_dir):
+    from simclrv2.data import ImageSet
+    from simclrv2.distributed import Runtime, gather_strided
+    from simclrv2.metrics import extract_sharded
+
+    init(rank, port)
+    rows = torch.arange(7 * 3, dtype=torch.float64).view(7, 3)
+    gathered = gather_strided(rows[rank::2], 7)  # 4 rows on rank 0, 3 on rank 1
+    images = ImageSet(paths=None, arrays=arrays, labels=labels, class_names=["a", "b", "c"], name="tiny")
+    embedded: list[int] = []
+
+    def embed(x):
+        embedded.append(x.shape[0])
+        return x.flatten(1)[:, :6] * 2
+
+    runtime = Runtime(rank, 2, 0, torch.device("cpu"))
+    features, feature_labels = extract_sharded(embed, images, 8, runtime, batch_size=2, workers=0, cache="off")
+    torch.save({"rows": gathered, "features": features, "labels": feature_labels, "embedded": sum(embedded)},
+               f"{out_dir}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sharded_feature_extraction_gathers_every_image_in_order(tmp_path):
+    """The kNN monitor's extraction: each of 2 processes embeds every other image, and both get all the
+    features and labels in the images' order (here 9 images: 5 and 4), as one process alone computes them."""
+    from simclrv2.data import ImageSet
+    from simclrv2.distributed import single_process
+    from simclrv2.metrics import eval_loader, extract_features
+
+    rng = np.random.default_rng(0)
+    arrays, labels = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8), np.arange(9) % 3
+    run_two(sharded_features_worker, arrays, labels, str(tmp_path))
+    images = ImageSet(paths=None, arrays=arrays, labels=labels, class_names=["a", "b", "c"], name="tiny")
+    alone = eval_loader(images, 8, single_process("cpu"), batch_size=2, workers=0, cache="off")
+    features, feature_labels = extract_features(lambda x: x.flatten(1)[:, :6] * 2, alone)
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    assert [p["embedded"] for p in parts] == [5, 4]
+    for p in parts:
+        torch.testing.assert_close(p["rows"], torch.arange(21, dtype=torch.float64).view(7, 3), rtol=0, atol=0)
+        torch.testing.assert_close(p["features"], features, rtol=0, atol=0)
+        assert p["labels"].tolist() == feature_labels.tolist() == list(labels)

@@ -106,6 +106,7 @@ def test_every_preset_plans(tmp_path):
         assert stages[0].id.folder == "pretrain" and any(s.id.kind == "distill" for s in stages)
     imagenet = plan(load_pipeline_config(str(packaged_config("imagenet")), [f"out={tmp_path}"]))
     assert imagenet[0].cfg.batch_size == 4096 and imagenet[0].cfg.memory == 65536
+    assert imagenet[0].cfg.micro_batch == 64  # sized for 8 x 80 GB (benchmarks/memory_estimate.py)
     assert {s.cfg.student for s in imagenet if s.id.kind == "distill"} == {None, "r50_1x_sk0"}
     # the pipeline preset and the per-stage presets agree with each other and with SPEC
     from simclrv2.config import load_yaml

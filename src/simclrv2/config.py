@@ -403,6 +403,11 @@ class RuntimeOptions:
     compile_backend: str = option("inductor", "torch.compile backend of --compile (eager: trace only, to look for "
                                   "graph breaks with TORCH_LOGS=graph_breaks; aot_eager; cudagraphs)",
                                   choices=("inductor", "eager", "aot_eager", "cudagraphs"))
+    check_memory: bool = option(True, "estimate a training step's peak memory before training (the real step traced "
+                                "without data, about a second) and refuse a batch that would not fit")
+    activation_checkpointing: bool = option(False, "keep only the input of each ResNet block in the forward pass and "
+                                            "run the block again in the backward pass: about 1/3 more compute "
+                                            "for a fraction of the activation memory")
     prefetch_views: bool = option(False, "draw the next step's augmented views in a thread while a step computes "
                                   "(on 2 CPU cores it cost 0-25%: the step already uses every core)")
     workers: Optional[int] = option(None, "decoding worker processes (default: cores - 1, at most 8)",

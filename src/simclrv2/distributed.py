@@ -163,6 +163,19 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+@torch.no_grad()
+def gather_strided(x: torch.Tensor, total: int) -> torch.Tensor:
+    """The rows of ``total`` items of which each process holds every ``world_size``-th from its rank
+    (``rank::world_size``, ``x``), gathered back in the items' order (no gradient)."""
+    world = world_size()
+    if world == 1:
+        return x
+    rows = -(-total // world)
+    padded = x.new_zeros((rows, *x.shape[1:]))
+    padded[:x.shape[0]] = x
+    return gather(padded).view(world, rows, *x.shape[1:]).transpose(0, 1).reshape(world * rows, *x.shape[1:])[:total]
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over processes (a new tensor; no gradient)."""
     if world_size() == 1:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed as dist_utils
 from .data import ImageSet
 from .data.loader import Loader
 from .distributed import Runtime
@@ -44,6 +46,17 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], loader: Loader,
         outs.append(fn(x).float())
         labels.append(batch.labels)
     return torch.cat(outs), torch.cat(labels)
+
+
+def extract_sharded(fn: Callable[[torch.Tensor], torch.Tensor], images: ImageSet, image_size: int, runtime: Runtime,
+                    channels_last: bool = False, **loader_options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``extract_features`` of every image of ``images``, each process embedding every ``world_size``-th
+    (from its rank), gathered to every process in the images' order. Every process must call it."""
+    if len(images) < runtime.world_size:  # too few to share: each process embeds them all
+        return extract_features(fn, eval_loader(images, image_size, runtime, **loader_options), channels_last)
+    mine = images.subset(np.arange(runtime.rank, len(images), runtime.world_size))
+    outs, labels = extract_features(fn, eval_loader(mine, image_size, runtime, **loader_options), channels_last)
+    return dist_utils.gather_strided(outs, len(images)), dist_utils.gather_strided(labels, len(images))
 
 
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,

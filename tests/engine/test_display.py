@@ -58,6 +58,6 @@ def test_a_pipe_gets_plain_log_lines(tiny_pretrained, tmp_path):
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\r" not in proc.stderr
-    assert [line.split(" epoch")[0] for line in proc.stderr.splitlines() if " step " in line] == [
+    assert [line.split(" epoch")[0] for line in proc.stderr.splitlines() if line.startswith("finetune step ")] == [
         f"finetune step {k}/3" for k in (1, 2, 3)]
     assert "held-out top-1" in proc.stdout and "{" not in proc.stdout  # the summary, not a JSON dump

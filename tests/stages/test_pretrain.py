@@ -111,6 +111,7 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = load_checkpoint(out / "model.pt")
     assert payload["result"]["steps"] == 1437 // 128
+    assert payload["result"]["knn_top1"] > 0.5  # each process embedded half of the kNN bank and queries
     # one process wrote the run folder; BN layers were global during training but are saved plainly
     assert not any("GlobalBatchNorm" in str(type(v)) for v in payload["model"].values())
     # fine-tuning on 145 labeled images: the batch cap rounds down to a multiple of 2 processes

@@ -42,6 +42,7 @@ from ..errors import UserError
 from ..optim import build_optimizer, scale_learning_rate, warmup_cosine_schedule
 from ..record import Record, versions
 from .display import Display
+from .memory_estimate import GIB, check_memory
 from .placement import autocast_dtype
 from .run_folder import MODEL_FILE, MetricsLog, RunFolder
 from .stage import Build, Parts, TrainStep
@@ -307,6 +308,8 @@ class Engine:
         self.loader.summary()
         result = {"steps": p.step, "train_seconds": p.train_seconds, "skipped_steps": p.skipped_steps,
                   "skipped_images": self.loader.skipped_total}
+        if self.runtime.device.type == "cuda":  # beside the estimate made before training (memory_estimate_gib)
+            result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.runtime.device) / GIB, 3)
         if self.parts.recalibration_images is not None and p.total_steps:
             result["bn_recalibration_images"] = self.recalibrate_bn()
         result.update(self._evaluate("eval"))
@@ -357,10 +360,15 @@ class Engine:
         self.display.train(record)
 
     def _evaluate(self, kind: str) -> dict[str, Any]:
-        """Held-out metrics from the main process (others wait); logged as a metrics record."""
+        """Held-out metrics from the main process (the others wait, or take their share:
+        ``Parts.evaluate_everywhere``); logged as a metrics record."""
         if self.parts.evaluate is None:
             return {}
-        metrics: dict[str, Any] = self.parts.evaluate() if self.runtime.is_main else {}
+        metrics: dict[str, Any] = {}
+        if self.runtime.is_main or self.parts.evaluate_everywhere:
+            metrics = self.parts.evaluate()
+        if not self.runtime.is_main:
+            metrics = {}
         dist_utils.barrier()
         self.step.train()
         if metrics:
@@ -484,6 +492,7 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
             torch.manual_seed(cfg.seed)
             parts = build(cfg, runtime)
             engine = Engine(parts, runtime, folder, stop)
+            estimate = check_memory(engine) if cfg.check_memory else None
             if resume is not None:
                 engine.restore(*resume)
             if runtime.is_main:
@@ -494,6 +503,8 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
                     parts.labeled.write_labeled(folder.path / "labeled.txt")
             dist_utils.barrier()
             result = {**engine.fit(), **parts.result}
+            if estimate is not None:
+                result["memory_estimate_gib"] = round(estimate.peak / GIB, 3)
             engine.save_final(result)
             failed = False
         finally:

@@ -10,6 +10,7 @@ from torch import nn
 from .. import distributed as dist_utils
 from ..config import RuntimeOptions
 from ..distributed import Runtime
+from ..models.resnet import ResNet
 
 
 # CPU features that compute bf16 products natively (/proc/cpuinfo flags): AVX512-BF16 (Intel Cooper Lake and
@@ -68,6 +69,10 @@ def prepare_model(model: nn.Module, cfg: RuntimeOptions, runtime: Runtime,
         torch.backends.cudnn.benchmark = True
     if use_channels_last(cfg.channels_last, runtime.device):
         model = model.to(memory_format=torch.channels_last)
+    if cfg.activation_checkpointing:
+        for module in model.modules():
+            if isinstance(module, ResNet):
+                module.checkpoint_blocks = True
     if runtime.distributed and global_bn:
         model = dist_utils.convert_to_global_bn(model, runtime.device)
     train_model: nn.Module = model

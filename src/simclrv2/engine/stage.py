@@ -77,6 +77,8 @@ class Parts:
             ``peak_lr`` follows the schedule's shape scaled to that peak instead of the schedule's.
         evaluate: held-out metrics (run on the main process), at the end and every
             ``eval_every`` epochs; None when nothing is held out.
+        evaluate_everywhere: ``evaluate`` runs on every process (each embedding its share of the images);
+            the main process's metrics are the ones logged.
         labeled: the labeled subset, written to OUT/labeled.txt.
         recalibration_images: images whose evaluation views re-estimate the batch-norm statistics after
             the last step (``models.batchnorm.recalibrate``); None: keep the moving averages.
@@ -90,6 +92,7 @@ class Parts:
     param_groups: list[dict]
     evaluate: Optional[Callable[[], dict[str, Any]]] = None
     eval_every: int = 0
+    evaluate_everywhere: bool = False
     labeled: Optional[LabeledSplits] = None
     result: dict[str, Any] = field(default_factory=dict)  # facts for result.json (labeled images, ...)
     recalibration_images: Optional[ImageSet] = None

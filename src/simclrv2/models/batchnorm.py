@@ -63,6 +63,22 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
             layer.track_running_stats = True
 
 
+@contextmanager
+def kept_running_stats(model: nn.Module) -> Iterator[None]:
+    """BN layers run as they are (the same ops, so the same tensors saved for backward) but their running
+    statistics are put back afterwards: a second run of a pass whose statistics were already recorded (the
+    recomputation of activation checkpointing)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [[t.clone() for t in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in layers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, values in zip(layers, saved):
+                for buffer, value in zip((layer.running_mean, layer.running_var, layer.num_batches_tracked), values):
+                    buffer.copy_(value)
+
+
 @torch.no_grad()
 def recalibrate(model: nn.Module, batches: Iterator[torch.Tensor]) -> int:
     """Re-estimate every BN layer's running statistics as the mean of its batch statistics over

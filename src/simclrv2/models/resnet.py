@@ -9,12 +9,16 @@ less use the CIFAR stem (one 3x3/1 conv, no max pool).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..names import BLOCKS_PER_GROUP
-from .batchnorm import BatchNorm
+from .batchnorm import BatchNorm, kept_running_stats
 from .layers import (
     AvgPoolDown2x2,
     AvgPoolSame2x2,
@@ -164,6 +168,10 @@ class ResNet(nn.Module):
             groups.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = groups
         self.out_dim = in_ch
+        # Activation checkpointing (--activation-checkpointing): only the input of the stem and of each residual
+        # block is kept in the forward pass; the backward pass runs each block again, one at a time. Set by
+        # ``engine.placement``.
+        self.checkpoint_blocks = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -180,8 +188,18 @@ class ResNet(nn.Module):
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before pooling."""
-        x = self.stem(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if not (self.checkpoint_blocks and torch.is_grad_enabled()):
+            return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        for part in (self.stem, *self.layer1, *self.layer2, *self.layer3, *self.layer4):
+            x = checkpoint(part, x, use_reentrant=False, preserve_rng_state=False,
+                           context_fn=functools.partial(_recompute_context, part))
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_maps(x).mean((2, 3))
+
+
+def _recompute_context(part: nn.Module) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """The forward pass as usual; the backward pass's second run of a block normalises with the same batch
+    statistics, and the BN running averages it moves again are put back."""
+    return contextlib.nullcontext(), kept_running_stats(part)
