@@ -693,7 +693,8 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
     common = dict(data="digits", holdout=0.2, workers=0, image_size=32, log_every=50, tensorboard=False)
 
     # evaluate: the imported supervised head predicts what TensorFlow's does on the same views
-    result = evaluate(str(classifier), data="digits", image_size=32, workers=0, device="cpu")
+    result = evaluate(str(classifier), data="digits", image_size=32, workers=0, device="cpu",
+                      precision="fp32")  # TensorFlow computes in fp32
     digits = open_images("digits", labeled=True)
     views, labels = [], []
     for batch in eval_loader(digits, 32, single_process("cpu"), workers=0).epoch(0):

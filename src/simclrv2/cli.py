@@ -128,6 +128,8 @@ def add_classifier_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="bf16 autocast or fp32 (auto: as training: bf16 where the device computes it natively)")
     p.set_defaults(func="simclrv2.evaluate:cmd_evaluate")
 
     p = sub.add_parser("predict", help="class and probability for each image (CSV)", description=module_doc("predict"))
@@ -140,6 +142,8 @@ def add_classifier_commands(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="decoding processes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="bf16 autocast or fp32 (auto: as training: bf16 where the device computes it natively)")
     p.set_defaults(func="simclrv2.predict:cmd_predict")
 
 

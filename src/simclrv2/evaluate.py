@@ -16,6 +16,7 @@ from typing import Any
 from .checkpoint import atomic_write_bytes
 from .data import ImageSet, holdout_split, open_images
 from .errors import UserError
+from .engine.placement import autocast_dtype
 from .metrics import classification_metrics, format_metrics, predict_logits
 from .models.checkpoints import load_classifier
 from .record import Record
@@ -48,7 +49,8 @@ def check_classes(names: list[str], data: ImageSet, model_source: str) -> None:
 
 
 def evaluate(model_path: str, data: str | None = None, out: str | None = None, image_size: int | None = None,
-             batch_size: int = 256, workers: int | None = None, device: str = "auto") -> dict[str, Any]:
+             batch_size: int = 256, workers: int | None = None, device: str = "auto",
+             precision: str = "auto") -> dict[str, Any]:
     """Evaluate the classifier in ``model_path``; writes evaluation.json/.txt to ``out`` if given."""
     from . import distributed as dist_utils
 
@@ -58,7 +60,8 @@ def evaluate(model_path: str, data: str | None = None, out: str | None = None, i
     check_classes(names, images, model_path)
     size = image_size or record.image_size
     runtime = dist_utils.single_process(device)
-    logits, labels = predict_logits(model.to(runtime.device), images, size, runtime, batch_size, workers)
+    logits, labels = predict_logits(model.to(runtime.device), images, size, runtime, batch_size, workers,
+                                    precision=autocast_dtype(precision, runtime.device))
     metrics = classification_metrics(logits, labels, names)
     metrics.update({"model": str(model_path), "data": data or "held-out split of the training run",
                     "image_size": size})
@@ -72,7 +75,8 @@ def evaluate(model_path: str, data: str | None = None, out: str | None = None, i
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    result = evaluate(args.model, args.data, args.out, args.image_size, args.batch_size, args.workers, args.device)
+    result = evaluate(args.model, args.data, args.out, args.image_size, args.batch_size, args.workers, args.device,
+                      args.precision)
     print(result["text"], end="")
     if args.json:
         print(json.dumps(result["metrics"], indent=2))

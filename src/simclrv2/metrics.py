@@ -79,12 +79,14 @@ def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: ImageSet, image_size: int, runtime: Runtime,
                    batch_size: int = 256, workers: int | None = None, cache: str = "auto",
-                   strict: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every image (CPU tensors), in the order of ``images``."""
+                   strict: bool = False, precision: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32) and labels of every image (CPU tensors), in the order of ``images``; the network
+    under ``precision`` autocast (None: fp32)."""
     was_training = model.training
     model.eval()
     loader = eval_loader(images, image_size, runtime, batch_size, workers, cache, strict)
-    logits, labels = extract_features(model, loader)
+    with torch.autocast(runtime.device.type, dtype=precision or torch.float32, enabled=precision is not None):
+        logits, labels = extract_features(model, loader)
     model.train(was_training)
     loader.summary()
     return logits.cpu(), labels.cpu()

@@ -21,6 +21,7 @@ from . import distributed as dist_utils
 from .checkpoint import atomic_write_bytes
 from .data import ImageSet, open_images
 from .errors import UserError
+from .engine.placement import autocast_dtype
 from .metrics import eval_loader
 from .models.checkpoints import load_classifier
 
@@ -45,7 +46,8 @@ def _image_set(inputs: list[str]) -> ImageSet:
 
 @torch.no_grad()
 def predict(model_path: str, inputs: list[str], top_k: int = 1, image_size: int | None = None,
-            batch_size: int = 64, workers: int | None = 0, device: str = "auto") -> list[dict[str, Any]]:
+            batch_size: int = 64, workers: int | None = 0, device: str = "auto",
+            precision: str = "auto") -> list[dict[str, Any]]:
     """One row per image: path, the top-k classes and their probabilities (or the read error)."""
     model, record = load_classifier(model_path)
     names = record.named_classes()
@@ -56,8 +58,11 @@ def predict(model_path: str, inputs: list[str], top_k: int = 1, image_size: int 
     loader = eval_loader(images, size, runtime, batch_size, workers, cache="off")
     rows: dict[int, dict[str, Any]] = {}
     k = min(top_k, len(names))
+    dtype = autocast_dtype(precision, runtime.device)
     for batch in loader.epoch(0):
-        probs = model(batch.images.float().div_(255)).float().softmax(1)
+        with torch.autocast(runtime.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(batch.images.float().div_(255))
+        probs = logits.float().softmax(1)
         top_p, top_i = (t.cpu().tolist() for t in probs.topk(k, dim=1))  # one copy to the host per batch
         for i, p, c in zip(batch.indices.tolist(), top_p, top_i):
             rows[i] = {"path": images.describe(i), "classes": [names[j] for j in c],
@@ -89,7 +94,8 @@ def to_csv(rows: list[dict[str, Any]], top_k: int) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    rows = predict(args.model, args.images, args.top_k, args.image_size, args.batch_size, args.workers, args.device)
+    rows = predict(args.model, args.images, args.top_k, args.image_size, args.batch_size, args.workers, args.device,
+                   args.precision)
     text = to_csv(rows, min(args.top_k, max((len(r["classes"]) for r in rows), default=1) or 1))
     if args.out:
         out = Path(args.out)

@@ -100,7 +100,8 @@ def test_evaluate_agrees_with_an_independent_computation(pretrained, tmp_path):
     images = training_eval_split(record, "run")
     logits, labels = predict_logits(model, images, 16, single_process("cpu"), workers=0)
     y, scores = labels.numpy(), logits.numpy()
-    result = evaluate(str(run / "model.pt"), out=str(tmp_path / "eval"), workers=0, device="cpu")["metrics"]
+    result = evaluate(str(run / "model.pt"), out=str(tmp_path / "eval"), workers=0, device="cpu",
+                      precision="fp32")["metrics"]  # as predict_logits above
     assert result["images"] == len(y) == len(images) == 359  # 20% of each class of 1797 digits
     assert result["top1"] == pytest.approx(accuracy_score(y, scores.argmax(1)))
     assert result["top5"] == pytest.approx(top_k_accuracy_score(y, scores, k=5, labels=range(10)))

@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .. import distributed as dist_utils
 from ..data.loader import Batch
 from ..distributed import unwrap
 from ..errors import UserError
@@ -93,12 +94,12 @@ def _fake_twin(step: Any, mode: FakeTensorMode) -> tuple[Any, dict[int, torch.Te
     return twin, fakes
 
 
-def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str, batch_images: int,
+def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str, momentum: float, batch_images: int,
                load_size: int, device: torch.device, autocast: torch.dtype | None, micro_batch: int | None = None,
                steps: int = 2) -> tuple[int, int]:
     """(peak, resident) bytes of ``steps`` training steps of ``step`` on a batch of ``batch_images``
     uint8 images of side ``load_size`` (as the loader hands them), with a fresh ``optimizer_name``
-    optimizer over ``optimizer``'s groups; ``resident``: the weights and buffers the step holds.
+    optimizer (``momentum``) over ``optimizer``'s groups; ``resident``: the weights and buffers the step holds.
     ``micro_batch`` overrides the step's."""
     mode = FakeTensorMode()
     twin, fakes = _fake_twin(step, mode)
@@ -107,7 +108,7 @@ def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str,
     groups = [{**group, "params": [fakes[id(p)] for p in group["params"]]} for group in optimizer.param_groups]
     counter = LiveBytes()
     with mode:
-        fake_optimizer = build_optimizer(optimizer_name, groups, lr=0.0)
+        fake_optimizer = build_optimizer(optimizer_name, groups, lr=0.0, momentum=momentum)
         for fake in fakes.values():
             counter.add(fake)
         resident = counter.live
@@ -130,12 +131,13 @@ def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str,
 
 
 def usable_bytes(device: torch.device, resident: int) -> int:
-    """The memory one training process may use: on a GPU what is free plus what this process already
-    holds; on the CPU the available memory shared among the node's processes, plus the weights this
-    process already holds (``resident``)."""
+    """The memory one training process may use: what is free (on a GPU, also the blocks PyTorch's caching
+    allocator holds unused; on the CPU the available memory, shared among the node's processes) plus the
+    weights and buffers the step already holds (``resident``, counted in the estimate). What else the process
+    holds (an image cache on the GPU, say) is not free, and not in the estimate."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_allocated(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device) + resident
     available = _mem_available()
     if available is None:
         return 0
@@ -186,11 +188,11 @@ def estimate_step(engine: Any, images: int | None = None) -> MemoryEstimate:
     knob = "--micro-batch" if micro is not None else "--batch-size"
     current = micro if micro is not None else per_process
     images = images or current
-    peak, resident = trace_peak(step, engine.optimizer, cfg.optimizer, per_process if micro is not None else images,
+    peak, resident = trace_peak(step, engine.optimizer, cfg.optimizer, cfg.momentum,
+                                per_process if micro is not None else images,
                                 cfg.resolved_load_size(), runtime.device, engine.autocast,
                                 micro_batch=images if micro is not None else None)
-    return MemoryEstimate(peak, resident, images, usable_bytes(runtime.device, resident),
-                          knob)
+    return MemoryEstimate(peak, resident, images, usable_bytes(runtime.device, resident), knob)
 
 
 def largest_fitting(engine: Any, at: MemoryEstimate) -> int:
@@ -207,13 +209,20 @@ def largest_fitting(engine: Any, at: MemoryEstimate) -> int:
 
 def check_memory(engine: Any) -> MemoryEstimate | None:
     """Log the estimate; refuse (``UserError``: exit 2) a step that would not fit, naming the largest
-    number of images per forward pass that does. None when the step cannot be traced (logged)."""
+    number of images per forward pass that does. None when the step cannot be traced (logged). Under
+    torchrun the processes agree: all refuse when one would not fit (none is left waiting for the others)."""
     try:
         found = estimate_step(engine)
     except Exception as error:  # an op without a data-free implementation: train without the check
         log.warning("memory estimate unavailable (%s: %s); training without it", type(error).__name__, error)
+        found = None
+    refused = found is not None and not found.fits
+    if engine.runtime.distributed:
+        flag = torch.tensor(1.0 if refused else 0.0, device=engine.runtime.device)
+        refused = dist_utils.all_reduce_mean(flag).item() > 0
+    if found is None:
         return None
-    if found.fits:
+    if not refused:
         if engine.runtime.is_main:
             log.info("%s", found.line())
         return found
@@ -226,5 +235,6 @@ def check_memory(engine: Any) -> MemoryEstimate | None:
     else:
         advice = (f"the largest that fits is about {largest} images per process: --batch-size {largest * world}, "
                   f"or keep the batch and add --micro-batch {largest} (the same training step, in parts)")
-    raise UserError(f"{found.line()[len('memory: '):]}: more than {1 - HEADROOM:.0%} of it; {advice}; "
-                    "--activation-checkpointing also lowers it; --no-check-memory tries anyway")
+    why = f"more than {1 - HEADROOM:.0%} of it" if not found.fits else "another process has too little free memory"
+    raise UserError(f"{found.line()[len('memory: '):]}: {why}; {advice}; --activation-checkpointing also lowers it; "
+                    "--no-check-memory tries anyway")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from torch import nn
@@ -80,8 +81,13 @@ def prepare_model(model: nn.Module, cfg: RuntimeOptions, runtime: Runtime,
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         # gradient_as_bucket_view: the gradients are views into DDP's communication buckets (no copy, and
         # one gradient-sized buffer less).
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
-                                                          gradient_as_bucket_view=True)
+        # Buffers (BN running statistics) are not re-broadcast from rank 0 before every forward: global BN keeps
+        # them equal (without it each process keeps its own; rank 0's are saved). torch 2.13 renamed the
+        # option (broadcast_buffers is deprecated there).
+        ddp = nn.parallel.DistributedDataParallel
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                          else {"broadcast_buffers": False})
+        train_model = ddp(model, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync)
     if cfg.compile:
         train_model = torch.compile(train_model, backend=cfg.compile_backend)
     return model, train_model

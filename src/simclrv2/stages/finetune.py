@@ -38,7 +38,7 @@ from ..models import build_model, classifier_config, count_parameters, parse_mod
 from ..models.checkpoints import Trained, check_same_encoder, classifier_from, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
-from ..engine.placement import input_layout, prepare_model, use_channels_last
+from ..engine.placement import autocast_dtype, input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
 from .configs import FinetuneConfig
 
@@ -111,9 +111,11 @@ def holdout_evaluation(model: nn.Module, holdout: ImageSet | None, names: list[s
     if holdout is None:
         return None
 
+    precision = autocast_dtype(cfg.precision, runtime.device)  # the training precision
+
     def evaluate() -> dict[str, Any]:
         logits, labels = predict_logits(model, holdout, cfg.image_size, runtime, 256, cfg.workers, cfg.cache,
-                                        cfg.strict_data)
+                                        cfg.strict_data, precision)
         metrics = classification_metrics(logits, labels, names)
         return {f"{prefix}_top1": metrics["top1"], f"{prefix}_top5": metrics["top5"]}
 
