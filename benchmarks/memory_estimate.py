@@ -43,7 +43,7 @@ PRESETS = [
     ("imagenet_distill_self", "distill", "r152_3x_sk1", 224, 4096, {"temperature": 0.1}, 64),
     ("imagenet_distill_r50", "distill", "r152_3x_sk1", 224, 4096, {"student": "r50_1x_sk0"}, 128),
 ]
-QUICK_PRESETS = [("quick_pretrain", "pretrain", "r18_0.25x_sk1", 64, 64, {"memory": 256}, 2)]
+QUICK_PRESETS = [("quick_pretrain", "pretrain", "r18_0.25x_sk1", 32, 32, {"memory": 256}, 16)]
 
 
 def preset_rows(presets, gpus: int, capacity: int) -> list[list[object]]:

@@ -34,7 +34,7 @@ def run_script(name: str, *args: str) -> str:
                                           "| typiclust - balanced random |"]),
     ("reference_loop.py", ("--quick",), ["| per-step ratio |", "| whole-run ratio |", "r18_0.25x_sk0 @ 32 px"]),
     ("checkpoint_stall.py", ("--quick",), ["| training stalled ms |", "background (host copy, thread)"]),
-    ("memory_estimate.py", ("--quick",), ["| preset | model | images / GPU |", "--micro-batch 2 --activation-checkpointing"]),
+    ("memory_estimate.py", ("--quick",), ["| preset | model | images / GPU |", "--micro-batch 16 --activation-checkpointing"]),
     ("memory_estimate.py", ("--quick", "--measure"), ["| estimate GiB | measured GiB | ratio |", "| distill |"]),
 ])
 def test_benchmark_quick_mode_prints_its_table(name, args, expected):
@@ -45,7 +45,13 @@ def test_benchmark_quick_mode_prints_its_table(name, args, expected):
 
 def test_gpu_smoke_script_runs_on_cpu_with_two_gloo_processes(tmp_path):
     """benchmarks/gpu_smoke.sh, unchanged, on this CPU: torchrun pretraining with --compile (aot_eager here),
-    its step-10 checkpoint resumed on one process, the throughput benchmark's short case."""
+    its step-10 checkpoint resumed on one process, the throughput benchmark's short case.
+
+    Issue 21's acceptance: 2 gloo processes with --compile and global BN have no graph break in the network
+    (``torch.distributed.nn.functional``'s all-reduce broke the graph at every BN layer; global BN now uses
+    functional collectives). Dynamo deliberately leaves DDP's own forward prelude (its logger,
+    ``_inside_ddp_forward``) to eager: those breaks, outside the network, are the only ones the script allows.
+    And a checkpoint written by 2 processes resumes on 1."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_smoke.sh"), str(tmp_path)], capture_output=True, text=True,
                           timeout=600, env=env)

@@ -1,10 +1,7 @@
 """Two gloo processes on CPU against one process on the full batch."""
 
 import os
-import re
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -133,34 +130,14 @@ def test_global_bn_moves_toward_the_biased_variance_of_the_global_batch(tmp_path
         torch.testing.assert_close(running["0.running_var"], var, rtol=1e-12, atol=1e-15)
 
 
-def test_compiled_two_process_pretraining_with_global_bn_has_no_graph_break_in_the_network(tmp_path):
-    """``--compile`` under torchrun traces the network whole: global BN's all-reduce is a functional
-    collective (``torch.distributed.nn.functional``'s broke the graph at every BN layer). Dynamo
-    deliberately does not trace DDP's own ``forward`` prelude (its logger and ``_inside_ddp_forward``):
-    those two breaks, outside the network, are the only ones allowed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_LOGS": "graph_breaks"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "simclrv2", "pretrain", "--data", "digits", "--out", str(tmp_path / "run"), "--model", "r18_0.25x_sk1",
-         "--image-size", "16", "--epochs", "1", "--batch-size", "128", "--workers", "0", "--holdout", "0.2",
-         "--memory", "256", "--no-tensorboard", "--compile", "--compile-backend", "eager"],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    where = re.findall(r"Graph break in user code at (\S+):\d+", proc.stderr)
-    assert where, "no graph-break log lines: TORCH_LOGS=graph_breaks did not reach the processes"
-    ddp_prelude = [w for w in where if w.endswith(("torch/nn/parallel/distributed.py", "/contextlib.py"))]
-    assert where == ddp_prelude, sorted(set(where) - set(ddp_prelude))
-    assert len(where) <= 2 * 2  # at most the two of DDP's prelude, on each process
-
-
 def sharded_features_worker(rank, port, arrays, labels, out_dir):
     from simclrv2.data import ImageSet
-    from simclrv2.distributed import Runtime, gather_strided
-    from simclrv2.metrics import extract_sharded
+    from simclrv2.distributed import Runtime, gather_rows
+    from simclrv2.metrics import eval_loader, extract_shared, own_share
 
     init(rank, port)
     rows = torch.arange(7 * 3, dtype=torch.float64).view(7, 3)
-    gathered = gather_strided(rows[rank::2], 7)  # 4 rows on rank 0, 3 on rank 1
+    gathered = gather_rows(rows[:4] if rank == 0 else rows[4:])  # 4 rows on rank 0, 3 on rank 1
     images = ImageSet(paths=None, arrays=arrays, labels=labels, class_names=["a", "b", "c"], name="tiny")
     embedded: list[int] = []
 
@@ -169,15 +146,16 @@ def sharded_features_worker(rank, port, arrays, labels, out_dir):
         return x.flatten(1)[:, :6] * 2
 
     runtime = Runtime(rank, 2, 0, torch.device("cpu"))
-    features, feature_labels = extract_sharded(embed, images, 8, runtime, batch_size=2, workers=0, cache="off")
+    loader = eval_loader(own_share(images, runtime), 8, runtime, batch_size=2, workers=0, cache="off")
+    features, feature_labels = extract_shared(embed, loader, shared=True)
     torch.save({"rows": gathered, "features": features, "labels": feature_labels, "embedded": sum(embedded)},
                f"{out_dir}/{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_sharded_feature_extraction_gathers_every_image_in_order(tmp_path):
-    """The kNN monitor's extraction: each of 2 processes embeds every other image, and both get all the
-    features and labels in the images' order (here 9 images: 5 and 4), as one process alone computes them."""
+def test_shared_feature_extraction_gathers_every_image_in_order(tmp_path):
+    """The kNN monitor's extraction: each of 2 processes embeds its share of the images (here 9: 5 and 4), and
+    both get all the features and labels in the images' order, as one process alone computes them."""
     from simclrv2.data import ImageSet
     from simclrv2.distributed import single_process
     from simclrv2.metrics import eval_loader, extract_features

@@ -164,16 +164,17 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gather_strided(x: torch.Tensor, total: int) -> torch.Tensor:
-    """The rows of ``total`` items of which each process holds every ``world_size``-th from its rank
-    (``rank::world_size``, ``x``), gathered back in the items' order (no gradient)."""
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``x`` (any number on each), concatenated in rank order (no gradient)."""
     world = world_size()
     if world == 1:
         return x
-    rows = -(-total // world)
+    counts = gather(torch.tensor([x.shape[0]], device=x.device)).tolist()
+    rows = max(counts)
     padded = x.new_zeros((rows, *x.shape[1:]))
     padded[:x.shape[0]] = x
-    return gather(padded).view(world, rows, *x.shape[1:]).transpose(0, 1).reshape(world * rows, *x.shape[1:])[:total]
+    parts = gather(padded).view(world, rows, *x.shape[1:])
+    return torch.cat([parts[r, :counts[r]] for r in range(world)])
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

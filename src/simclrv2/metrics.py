@@ -48,15 +48,23 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], loader: Loader,
     return torch.cat(outs), torch.cat(labels)
 
 
-def extract_sharded(fn: Callable[[torch.Tensor], torch.Tensor], images: ImageSet, image_size: int, runtime: Runtime,
-                    channels_last: bool = False, **loader_options: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``extract_features`` of every image of ``images``, each process embedding every ``world_size``-th
-    (from its rank), gathered to every process in the images' order. Every process must call it."""
-    if len(images) < runtime.world_size:  # too few to share: each process embeds them all
-        return extract_features(fn, eval_loader(images, image_size, runtime, **loader_options), channels_last)
-    mine = images.subset(np.arange(runtime.rank, len(images), runtime.world_size))
-    outs, labels = extract_features(fn, eval_loader(mine, image_size, runtime, **loader_options), channels_last)
-    return dist_utils.gather_strided(outs, len(images)), dist_utils.gather_strided(labels, len(images))
+def own_share(images: ImageSet, runtime: Runtime) -> ImageSet:
+    """The images this process embeds when all processes share the work: a contiguous 1/world_size of them
+    (all of them when there are fewer images than processes)."""
+    if len(images) < runtime.world_size:
+        return images
+    return images.subset(np.array_split(np.arange(len(images)), runtime.world_size)[runtime.rank])
+
+
+def extract_shared(fn: Callable[[torch.Tensor], torch.Tensor], loader: Loader, shared: bool,
+                   channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``extract_features`` over a loader of this process's ``own_share``; with ``shared`` (the images were
+    split among the processes) every process gets the features of all of them, in order. Every process
+    must call it."""
+    outs, labels = extract_features(fn, loader, channels_last)
+    if not shared:
+        return outs, labels
+    return dist_utils.gather_rows(outs), dist_utils.gather_rows(labels)
 
 
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,

@@ -1,12 +1,14 @@
 """The peak memory of a training step, estimated before training starts.
 
-The stage's own step runs twice (the second with the optimizer state the first created) on a twin
-whose tensors have shapes, dtypes and devices but no data (``FakeTensorMode``): its weights,
-gradients, optimizer state, batch, augmented views, saved activations and temporaries are counted,
-each tensor from the op that makes it until it is freed, in blocks of 512 bytes as the CUDA
-caching allocator rounds them. Nothing is allocated and the real model and optimizer are not
-touched; a trace takes about a second. On CPU the estimate came within 3% of the peak the CPU
-allocator reports for the same steps (``tests/engine/test_memory_estimate.py``).
+The stage's own step runs once on a twin whose tensors have shapes, dtypes and devices but no data
+(``FakeTensorMode``): its weights, gradients, optimizer state, batch, augmented views, saved activations
+and temporaries are counted, each tensor from the op that makes it until it is freed, in blocks of 512
+bytes as the CUDA caching allocator rounds them; what the step leaves behind (optimizer state) is added to
+its forward-backward peak, as every later step has it. Nothing is allocated and the real model and
+optimizer are not touched; a trace takes under a second for a small model, a few for r152_3x_sk1. The
+estimate came within 2% of the peak of two real steps, on CPU (the CPU allocator's events,
+``tests/engine/test_memory_estimate.py``) and on an H200 (``torch.cuda.max_memory_allocated``,
+BENCHMARKS.md section 9).
 
 Not counted: the CUDA context and cuDNN/cuBLAS workspaces (outside PyTorch's allocator) and the
 caching allocator's fragmentation; the check leaves ``HEADROOM`` of the device for them. With
@@ -95,12 +97,16 @@ def _fake_twin(step: Any, mode: FakeTensorMode) -> tuple[Any, dict[int, torch.Te
 
 
 def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str, momentum: float, batch_images: int,
-               load_size: int, device: torch.device, autocast: torch.dtype | None, micro_batch: int | None = None,
-               steps: int = 2) -> tuple[int, int]:
-    """(peak, resident) bytes of ``steps`` training steps of ``step`` on a batch of ``batch_images``
-    uint8 images of side ``load_size`` (as the loader hands them), with a fresh ``optimizer_name``
-    optimizer (``momentum``) over ``optimizer``'s groups; ``resident``: the weights and buffers the step holds.
-    ``micro_batch`` overrides the step's."""
+               load_size: int, device: torch.device, autocast: torch.dtype | None,
+               micro_batch: int | None = None) -> tuple[int, int]:
+    """(peak, resident) bytes of a training step of ``step`` on a batch of ``batch_images`` uint8 images of
+    side ``load_size`` (as the loader hands them), with a fresh ``optimizer_name`` optimizer (``momentum``)
+    over ``optimizer``'s groups; ``resident``: the weights and buffers the step holds. ``micro_batch``
+    overrides the step's.
+
+    One step is traced. What it leaves behind (the optimizer state, LARS's scratch, the queue's keys) is there
+    during every later step's forward and backward pass: the peak is the larger of the first step's and
+    (its forward-backward peak + what it left behind)."""
     mode = FakeTensorMode()
     twin, fakes = _fake_twin(step, mode)
     if micro_batch is not None:
@@ -117,17 +123,18 @@ def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str,
             batch = Batch(torch.empty((n, 3, side, side), dtype=torch.uint8, device=device),
                           torch.ones(n, device=device), torch.zeros(n, dtype=torch.long, device=device),
                           torch.arange(n))
-            for _ in range(steps):
-                generator = torch.Generator(device=device)
-                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                    loss, logs = twin(batch, generator)
-                if not twin.computes_gradients:
-                    loss.backward()
-                fake_optimizer.step()
-                fake_optimizer.zero_grad(set_to_none=True)
-                twin.after_update()
-                del loss, logs
-    return counter.peak, resident
+            before = counter.live
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss, logs = twin(batch, torch.Generator(device=device))
+            if not twin.computes_gradients:
+                loss.backward()
+            forward_backward = counter.peak
+            fake_optimizer.step()
+            fake_optimizer.zero_grad(set_to_none=True)
+            twin.after_update()
+            del loss, logs
+            left_behind = counter.live - before
+    return max(counter.peak, forward_backward + left_behind), resident
 
 
 def usable_bytes(device: torch.device, resident: int) -> int:

@@ -26,7 +26,7 @@ from ..distributed import Runtime, no_sync
 from ..errors import UserError
 from ..losses import NTXentLoss, at_least_float32
 from ..memory import MemoryQueue, MomentumEncoder
-from ..metrics import extract_sharded, knn_accuracy
+from ..metrics import eval_loader, extract_shared, knn_accuracy, own_share
 from ..models import build_model, contrastive_config, count_parameters
 from ..models.batchnorm import frozen_running_stats
 from ..optim import param_groups, scale_learning_rate
@@ -194,17 +194,19 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> 
     if cfg.knn_monitor and splits.holdout is not None and (train.labels >= 0).all():
         # a fixed sample of a large data set; every process embeds its share (in the training precision: on
         # ImageNet the monitor embeds 120,000 images an epoch), and every process gets all the features
-        bank_images, query_images = at_most(train, KNN_BANK, cfg.seed), at_most(splits.holdout, KNN_QUERIES, cfg.seed)
+        samples = [at_most(train, KNN_BANK, cfg.seed), at_most(splits.holdout, KNN_QUERIES, cfg.seed)]
+        shared = [len(s) >= runtime.world_size > 1 for s in samples]
         precision = autocast_dtype(cfg.precision, runtime.device)
-        options = dict(channels_last=channels_last, batch_size=256, workers=cfg.workers, cache=cfg.cache,
-                       strict=cfg.strict_data)
+        loaders = []
 
         def evaluate() -> dict[str, Any]:
+            if not loaders:  # built on first use, then kept (their image cache, their workers)
+                loaders.extend(eval_loader(own_share(s, runtime), cfg.image_size, runtime, 256, cfg.workers,
+                                           cfg.cache, cfg.strict_data) for s in samples)
             model.eval()
             with torch.autocast(runtime.device.type, dtype=precision or torch.float32, enabled=precision is not None):
-                bank, bank_labels = extract_sharded(model.encoder, bank_images, cfg.image_size, runtime, **options)
-                queries, query_labels = extract_sharded(model.encoder, query_images, cfg.image_size, runtime,
-                                                        **options)
+                bank, bank_labels = extract_shared(model.encoder, loaders[0], shared[0], channels_last)
+                queries, query_labels = extract_shared(model.encoder, loaders[1], shared[1], channels_last)
             return {"knn_top1": knn_accuracy(bank, bank_labels, queries, query_labels, cfg.knn_k)}
 
     record = Record("pretrain", model_config, cfg.image_size, train.class_names or None)
