@@ -5,7 +5,7 @@ The stage's own step runs once on a twin whose tensors have shapes, dtypes and d
 and temporaries are counted, each tensor from the op that makes it until it is freed, in blocks of 512
 bytes as the CUDA caching allocator rounds them; what the step leaves behind (optimizer state) is added to
 its forward-backward peak, as every later step has it. Nothing is allocated and the real model and
-optimizer are not touched; a trace takes under a second for a small model, a few for r152_3x_sk1. The
+optimizer are not touched; a trace takes a fraction of a second for a small model. The
 estimate came within 2% of the peak of two real steps, on CPU (the CPU allocator's events,
 ``tests/engine/test_memory_estimate.py``) and on an H200 (``torch.cuda.max_memory_allocated``,
 BENCHMARKS.md section 9).
