@@ -42,7 +42,7 @@ from _common import (Case, machine_line, make_batch, markdown_table, median, pre
 from simclrv2.data.loader import Batch  # noqa: E402
 from simclrv2.engine import Engine  # noqa: E402
 from simclrv2.engine.loop import step_generator  # noqa: E402
-from simclrv2.engine.placement import autocast_dtype, input_layout, use_channels_last  # noqa: E402
+from simclrv2.engine.placement import autocast, autocast_dtype, input_layout, use_channels_last  # noqa: E402
 
 DEFAULT_CASES = ("r18_1x_sk0:32:64", "r50_1x_sk0:96:16")
 QUICK_CASES = ("r18_0.25x_sk0:16:8",)
@@ -107,8 +107,7 @@ class BareStep:
         mark = marks if marks is not None else (lambda name: None)
         if marks is not None:
             marks.start()
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                            enabled=self.autocast is not None):
+        with autocast(self.device, self.autocast):
             z, _ = self.model(views)
             mark("forward")
             loss = z.float().square().mean()

@@ -146,8 +146,9 @@ def sharded_features_worker(rank, port, arrays, labels, out_dir):
         return x.flatten(1)[:, :6] * 2
 
     runtime = Runtime(rank, 2, 0, torch.device("cpu"))
-    loader = eval_loader(own_share(images, runtime), 8, runtime, batch_size=2, workers=0, cache="off")
-    features, feature_labels = extract_shared(embed, loader, shared=True)
+    mine, shared = own_share(images, runtime)
+    loader = eval_loader(mine, 8, runtime, batch_size=2, workers=0, cache="off")
+    features, feature_labels = extract_shared(embed, loader, shared)
     torch.save({"rows": gathered, "features": features, "labels": feature_labels, "embedded": sum(embedded)},
                f"{out_dir}/{rank}.pt")
     dist.destroy_process_group()

@@ -17,6 +17,7 @@ from . import distributed as dist_utils
 from .data import ImageSet
 from .data.loader import Loader
 from .distributed import Runtime
+from .engine.placement import autocast
 from .errors import UserError
 
 
@@ -48,12 +49,12 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], loader: Loader,
     return torch.cat(outs), torch.cat(labels)
 
 
-def own_share(images: ImageSet, runtime: Runtime) -> ImageSet:
-    """The images this process embeds when all processes share the work: a contiguous 1/world_size of them
-    (all of them when there are fewer images than processes)."""
-    if len(images) < runtime.world_size:
-        return images
-    return images.subset(np.array_split(np.arange(len(images)), runtime.world_size)[runtime.rank])
+def own_share(images: ImageSet, runtime: Runtime) -> tuple[ImageSet, bool]:
+    """The images this process embeds when the processes share the work, and whether they are shared: a
+    contiguous 1/world_size of them (all of them, not shared, with one process or fewer images than processes)."""
+    if not len(images) >= runtime.world_size > 1:
+        return images, False
+    return images.subset(np.array_split(np.arange(len(images)), runtime.world_size)[runtime.rank]), True
 
 
 def extract_shared(fn: Callable[[torch.Tensor], torch.Tensor], loader: Loader, shared: bool,
@@ -93,7 +94,7 @@ def predict_logits(model: torch.nn.Module, images: ImageSet, image_size: int, ru
     was_training = model.training
     model.eval()
     loader = eval_loader(images, image_size, runtime, batch_size, workers, cache, strict)
-    with torch.autocast(runtime.device.type, dtype=precision or torch.float32, enabled=precision is not None):
+    with autocast(runtime.device, precision):
         logits, labels = extract_features(model, loader)
     model.train(was_training)
     loader.summary()

@@ -21,7 +21,7 @@ from . import distributed as dist_utils
 from .checkpoint import atomic_write_bytes
 from .data import ImageSet, open_images
 from .errors import UserError
-from .engine.placement import autocast_dtype
+from .engine.placement import autocast, autocast_dtype
 from .metrics import eval_loader
 from .models.checkpoints import load_classifier
 
@@ -60,7 +60,7 @@ def predict(model_path: str, inputs: list[str], top_k: int = 1, image_size: int 
     k = min(top_k, len(names))
     dtype = autocast_dtype(precision, runtime.device)
     for batch in loader.epoch(0):
-        with torch.autocast(runtime.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(runtime.device, dtype):
             logits = model(batch.images.float().div_(255))
         probs = logits.float().softmax(1)
         top_p, top_i = (t.cpu().tolist() for t in probs.topk(k, dim=1))  # one copy to the host per batch

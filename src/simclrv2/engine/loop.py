@@ -43,7 +43,7 @@ from ..optim import build_optimizer, scale_learning_rate, warmup_cosine_schedule
 from ..record import Record, versions
 from .display import Display
 from .memory_estimate import GIB, check_memory
-from .placement import autocast_dtype
+from .placement import autocast, autocast_dtype
 from .run_folder import MODEL_FILE, MetricsLog, RunFolder
 from .stage import Build, Parts, TrainStep
 
@@ -235,8 +235,7 @@ class Engine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         generator = step_generator(self.cfg.seed, p.step, self.runtime.rank, self.runtime.device)
-        with torch.autocast(self.runtime.device.type, dtype=self.autocast or torch.float32,
-                            enabled=self.autocast is not None):
+        with autocast(self.runtime.device, self.autocast):
             loss, logs = self.step(batch, generator)
         applied = self._update(loss)
         p.step += 1

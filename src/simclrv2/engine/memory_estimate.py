@@ -36,6 +36,7 @@ from ..data.loader import Batch
 from ..distributed import unwrap
 from ..errors import UserError
 from ..optim import build_optimizer
+from .placement import autocast
 
 log = logging.getLogger("simclrv2")
 
@@ -97,12 +98,12 @@ def _fake_twin(step: Any, mode: FakeTensorMode) -> tuple[Any, dict[int, torch.Te
 
 
 def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str, momentum: float, batch_images: int,
-               load_size: int, device: torch.device, autocast: torch.dtype | None,
+               load_size: int, device: torch.device, precision: torch.dtype | None,
                micro_batch: int | None = None) -> tuple[int, int]:
     """(peak, resident) bytes of a training step of ``step`` on a batch of ``batch_images`` uint8 images of
     side ``load_size`` (as the loader hands them), with a fresh ``optimizer_name`` optimizer (``momentum``)
-    over ``optimizer``'s groups; ``resident``: the weights and buffers the step holds. ``micro_batch``
-    overrides the step's.
+    over ``optimizer``'s groups, under ``precision`` autocast; ``resident``: the weights and buffers the step
+    holds. ``micro_batch`` overrides the step's.
 
     One step is traced. What it leaves behind (the optimizer state, LARS's scratch, the queue's keys) is there
     during every later step's forward and backward pass: the peak is the larger of the first step's and
@@ -124,7 +125,7 @@ def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str,
                           torch.ones(n, device=device), torch.zeros(n, dtype=torch.long, device=device),
                           torch.arange(n))
             before = counter.live
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            with autocast(device, precision):
                 loss, logs = twin(batch, torch.Generator(device=device))
             if not twin.computes_gradients:
                 loss.backward()

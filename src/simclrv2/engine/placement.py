@@ -49,6 +49,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """The autocast region of a run's precision: ``dtype`` (from ``autocast_dtype``) on ``device``, or a
+    disabled region for None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def use_channels_last(setting: str, device: torch.device) -> bool:
     """Channels-last where asked, or (auto) on GPUs and on CPUs with oneDNN (the convolution kernels of
     both are fastest in that layout: 1.1-1.3x per CPU step measured, BENCHMARKS.md)."""

@@ -31,7 +31,7 @@ from ..models import build_model, contrastive_config, count_parameters
 from ..models.batchnorm import frozen_running_stats
 from ..optim import param_groups, scale_learning_rate
 from ..record import Record
-from ..engine.placement import autocast_dtype, input_layout, prepare_model, use_channels_last
+from ..engine.placement import autocast, autocast_dtype, input_layout, prepare_model, use_channels_last
 from ..engine.stage import Parts, TrainStep
 from .configs import PretrainConfig
 
@@ -194,19 +194,19 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> 
     if cfg.knn_monitor and splits.holdout is not None and (train.labels >= 0).all():
         # a fixed sample of a large data set; every process embeds its share (in the training precision: on
         # ImageNet the monitor embeds 120,000 images an epoch), and every process gets all the features
-        samples = [at_most(train, KNN_BANK, cfg.seed), at_most(splits.holdout, KNN_QUERIES, cfg.seed)]
-        shared = [len(s) >= runtime.world_size > 1 for s in samples]
+        shares = [own_share(at_most(s, n, cfg.seed), runtime)
+                  for s, n in ((train, KNN_BANK), (splits.holdout, KNN_QUERIES))]
         precision = autocast_dtype(cfg.precision, runtime.device)
         loaders = []
 
         def evaluate() -> dict[str, Any]:
             if not loaders:  # built on first use, then kept (their image cache, their workers)
-                loaders.extend(eval_loader(own_share(s, runtime), cfg.image_size, runtime, 256, cfg.workers,
-                                           cfg.cache, cfg.strict_data) for s in samples)
+                loaders.extend(eval_loader(mine, cfg.image_size, runtime, 256, cfg.workers, cfg.cache, cfg.strict_data)
+                               for mine, _ in shares)
             model.eval()
-            with torch.autocast(runtime.device.type, dtype=precision or torch.float32, enabled=precision is not None):
-                bank, bank_labels = extract_shared(model.encoder, loaders[0], shared[0], channels_last)
-                queries, query_labels = extract_shared(model.encoder, loaders[1], shared[1], channels_last)
+            with autocast(runtime.device, precision):
+                bank, bank_labels = extract_shared(model.encoder, loaders[0], shares[0][1], channels_last)
+                queries, query_labels = extract_shared(model.encoder, loaders[1], shares[1][1], channels_last)
             return {"knn_top1": knn_accuracy(bank, bank_labels, queries, query_labels, cfg.knn_k)}
 
     record = Record("pretrain", model_config, cfg.image_size, train.class_names or None)
