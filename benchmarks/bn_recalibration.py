@@ -25,7 +25,7 @@ from _common import machine_line, markdown_table  # noqa: E402
 
 from simclrv2.config import from_mapping, to_dict  # noqa: E402
 from simclrv2.models.batchnorm import RECALIBRATION_IMAGES  # noqa: E402
-from simclrv2.pipeline import load_pipeline_config, packaged_config, plan  # noqa: E402
+from simclrv2.commands.run import load_pipeline_config, packaged_config, plan  # noqa: E402
 from simclrv2.stages import STAGES, run  # noqa: E402
 
 

@@ -33,7 +33,7 @@ from simclrv2.data.subsets import holdout_split  # noqa: E402
 from simclrv2.distributed import single_process  # noqa: E402
 from simclrv2.metrics import eval_loader, extract_features  # noqa: E402
 from simclrv2.models.checkpoints import load_model  # noqa: E402
-from simclrv2.pipeline import load_pipeline_config, packaged_config, plan  # noqa: E402
+from simclrv2.commands.run import load_pipeline_config, packaged_config, plan  # noqa: E402
 from simclrv2.stages import run  # noqa: E402
 
 DRAWS = 5

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line, markdown_table  # noqa: E402
 
 from simclrv2.config import from_mapping, to_dict  # noqa: E402
-from simclrv2.pipeline import load_pipeline_config, packaged_config, plan  # noqa: E402
+from simclrv2.commands.run import load_pipeline_config, packaged_config, plan  # noqa: E402
 from simclrv2.selection import METHODS  # noqa: E402
-from simclrv2.selection.command import SELECTED, run_selection  # noqa: E402
+from simclrv2.commands.select import SELECTED, run_selection  # noqa: E402
 from simclrv2.stages import run  # noqa: E402
 from simclrv2.stages.finetune import FinetuneConfig  # noqa: E402
 

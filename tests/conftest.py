@@ -31,7 +31,7 @@ SHORT_DEMO = ["linear_eval.epochs=5", 'labels=["2/class"]', "common.checkpoint_m
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    from simclrv2.pipeline import load_pipeline_config, packaged_config, run_pipeline
+    from simclrv2.commands.run import load_pipeline_config, packaged_config, run_pipeline
 
     out = tmp_path_factory.mktemp("demo") / "run"
     cfg = load_pipeline_config(str(packaged_config("demo")), SHORT_DEMO, {"out": str(out)})

@@ -100,7 +100,7 @@ def test_disk_full_read_only_and_missing_extras_are_one_line_errors(tmp_path, ca
     assert main(["pretrain", *TINY, "--tensorboard", "--out", str(tmp_path / "tb")]) == 2
     _one_line(capsys, "pip install 'simclrv2[tensorboard]'")
     assert not (tmp_path / "tb").exists()
-    from simclrv2.convert import export
+    from simclrv2.commands import export
     monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None)
     assert main(["export", "--model", "m.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     _one_line(capsys, "pip install 'simclrv2[onnx]'")

@@ -46,18 +46,6 @@ def command_function(args: argparse.Namespace) -> Callable[[argparse.Namespace],
     return getattr(importlib.import_module(module), name)
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    """Print every registered encoder with its parameter count."""
-    from .models import RELEASED, encoder_parameter_count, list_models
-
-    print(f"{'model':<14} {'params (M)':>10}  released")
-    for name in list_models():
-        params = encoder_parameter_count(name) / 1e6
-        print(f"{name:<14} {params:>10.1f}  {'yes' if name in RELEASED else ''}")
-    print("\nAny width works (e.g. r18_0.25x_sk0 for quick CPU runs); --small-images on swaps in the CIFAR stem.")
-    return 0
-
-
 def _run_stage(stage) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from .config import from_args
@@ -104,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("models", help="list the registered encoders and their parameter counts",
-                       description=cmd_models.__doc__)
-    p.set_defaults(func=cmd_models)
+                       description=module_doc("commands.models"))
+    p.set_defaults(func="simclrv2.commands.models:cmd_models")
     for stage in STAGES.values():
         add_stage_command(sub, stage)
     add_classifier_commands(sub)
@@ -118,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_classifier_commands(sub) -> None:
     """``evaluate`` and ``predict``: a fine-tuned or distilled classifier on labeled or new images."""
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a classifier",
-                       description=module_doc("evaluate"))
+                       description=module_doc("commands.evaluate"))
     p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
     p.add_argument("--data", default=None, help="labeled images (folder, list or 'digits'); default: the "
                                                 "images the checkpoint's run held out")
@@ -130,9 +118,9 @@ def add_classifier_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="bf16 autocast or fp32 (auto: as training: bf16 where the device computes it natively)")
-    p.set_defaults(func="simclrv2.evaluate:cmd_evaluate")
+    p.set_defaults(func="simclrv2.commands.evaluate:cmd_evaluate")
 
-    p = sub.add_parser("predict", help="class and probability for each image (CSV)", description=module_doc("predict"))
+    p = sub.add_parser("predict", help="class and probability for each image (CSV)", description=module_doc("commands.predict"))
     p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
     p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                    "or one folder")
@@ -144,7 +132,7 @@ def add_classifier_commands(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="bf16 autocast or fp32 (auto: as training: bf16 where the device computes it natively)")
-    p.set_defaults(func="simclrv2.predict:cmd_predict")
+    p.set_defaults(func="simclrv2.commands.predict:cmd_predict")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -165,13 +153,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_feature_commands(sub) -> None:
     """``embed`` and ``select``: the features of any checkpoint, and the images to label chosen from them."""
     p = sub.add_parser("embed", help="the features of every image (features.npy + index.csv)",
-                       description=module_doc("embed"), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=module_doc("commands.embed"), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for features.npy and index.csv")
-    p.set_defaults(func="simclrv2.embed:cmd_embed")
+    p.set_defaults(func="simclrv2.commands.embed:cmd_embed")
 
     p = sub.add_parser("select", help="which images to label: chosen from the pretrained features, no labels used",
-                       description=module_doc("selection.command"),
+                       description=module_doc("commands.select"),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--budget", required=True, metavar="N|P%",
@@ -186,30 +174,30 @@ def add_feature_commands(sub) -> None:
     p.add_argument("--holdout", type=float, default=0.0, metavar="F",
                    help="the --holdout your fine-tuning will use (with the same --seed): those images are never chosen")
     p.add_argument("--no-figures", action="store_true", help="skip the contact sheet and the t-SNE map")
-    p.set_defaults(func="simclrv2.selection.command:cmd_select")
+    p.set_defaults(func="simclrv2.commands.select:cmd_select")
 
 
 def add_pipeline_commands(sub) -> None:
     """``run`` and ``demo``: the whole method as one job; ``report``: the report of a run folder."""
     p = sub.add_parser("run", help="the whole method: pretrain, fine-tune, baseline, distill, evaluate, report",
-                       description=module_doc("pipeline"), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=module_doc("commands.run"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", metavar="CONFIG", help="pipeline YAML file, or a preset name: "
                    + ", ".join(PIPELINE_PRESETS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set pretrain.epochs=10 (repeatable)")
-    p.set_defaults(func="simclrv2.pipeline:cmd_run")
+    p.set_defaults(func="simclrv2.commands.run:cmd_run")
 
     p = sub.add_parser("demo", help="the whole method on scikit-learn digits in a few minutes on a CPU",
                        description="Runs the 'demo' preset: SimCLRv2 on scikit-learn's bundled digits (no "
                        "download), then prints the results table and writes the report.")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.set_defaults(func="simclrv2.pipeline:cmd_demo")
+    p.set_defaults(func="simclrv2.commands.run:cmd_demo")
 
     p = sub.add_parser("report", help="report.md and its figures for a run folder (a pipeline's or one stage's)",
-                       description=module_doc("report"))
+                       description=module_doc("commands.report"))
     p.add_argument("run", metavar="RUN_DIR", help="the out folder of `simclrv2 run`/`demo`, or of one training command")
-    p.set_defaults(func="simclrv2.report:cmd_report")
+    p.set_defaults(func="simclrv2.commands.report:cmd_report")
 
 
 IMPORT_DESCRIPTION = """\
@@ -266,7 +254,7 @@ def add_convert_commands(sub) -> None:
     p.add_argument("--small-images", action="store_true",
                    help="the checkpoint has the CIFAR stem (one 3x3 conv, no max pool; images of "
                         "32 px or less)")
-    p.set_defaults(func="simclrv2.convert.tf_import:cmd_import_tf")
+    p.set_defaults(func="simclrv2.commands.import_tf:cmd_import_tf")
 
     p = sub.add_parser(
         "export", help="export a fine-tuned classifier or student (ONNX, TorchScript, safetensors)",
@@ -278,7 +266,7 @@ def add_convert_commands(sub) -> None:
     p.add_argument("--image-size", type=image_side, default=None, metavar="N",
                    help="input height and width (default: the size the model was trained at); ONNX and "
                         "TorchScript are fixed to it")
-    p.set_defaults(func="simclrv2.convert.export:cmd_export")
+    p.set_defaults(func="simclrv2.commands.export:cmd_export")
 
 
 def user_error(exc: BaseException) -> str | None:

@@ -13,7 +13,7 @@ from simclrv2.config import from_mapping
 from simclrv2.data import open_images
 from simclrv2.data.splits import open_labeled_splits
 from simclrv2.errors import UserError
-from simclrv2.evaluate import training_eval_split
+from simclrv2.commands.evaluate import training_eval_split
 from simclrv2.models.checkpoints import read_trained
 from simclrv2.stages.finetune import FinetuneConfig
 

@@ -185,7 +185,7 @@ def test_saved_config_and_record_name_the_files_from_any_folder(tmp_path, monkey
 
     from simclrv2.checkpoint import load_checkpoint
     from simclrv2.data import open_images
-    from simclrv2.evaluate import training_eval_split
+    from simclrv2.commands.evaluate import training_eval_split
     from simclrv2.record import Record
 
     digits = open_images("digits", labeled=True)

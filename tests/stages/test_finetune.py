@@ -13,7 +13,7 @@ from simclrv2.checkpoint import load_checkpoint
 from simclrv2.config import from_mapping
 from simclrv2.data import open_images
 from simclrv2.distributed import single_process
-from simclrv2.evaluate import evaluate, training_eval_split
+from simclrv2.commands.evaluate import evaluate, training_eval_split
 from simclrv2.metrics import classification_metrics, predict_logits
 from simclrv2.models.checkpoints import load_classifier
 from simclrv2.stages import run

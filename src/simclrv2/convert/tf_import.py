@@ -23,7 +23,6 @@ Which model is built:
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -352,7 +351,7 @@ def _fill_state(state: dict[str, torch.Tensor], entries: list[Entry], sources: l
     return filled
 
 
-def _import(ckpt_path: str | Path, model_name: str, out_path: str | Path, *, ema: bool,
+def import_with_report(ckpt_path: str | Path, model_name: str, out_path: str | Path, *, ema: bool,
             head_layer: int | None, small_images: bool) -> tuple[Path, ImportReport]:
     result = convert_tf_checkpoint(ckpt_path, model_name, ema=ema, head_layer=head_layer,
                                    small_images=small_images)
@@ -365,13 +364,5 @@ def _import(ckpt_path: str | Path, model_name: str, out_path: str | Path, *, ema
 def import_tf_checkpoint(ckpt_path: str | Path, model_name: str, out_path: str | Path, *, ema: bool = False,
                          head_layer: int | None = None, small_images: bool = False) -> Path:
     """Convert an official SimCLRv2 checkpoint into a simclrv2 checkpoint at ``out_path``."""
-    return _import(ckpt_path, model_name, out_path, ema=ema, head_layer=head_layer,
+    return import_with_report(ckpt_path, model_name, out_path, ema=ema, head_layer=head_layer,
                    small_images=small_images)[0]
-
-
-def cmd_import_tf(args: argparse.Namespace) -> int:
-    """Convert an official TensorFlow checkpoint and print what was mapped and ignored."""
-    path, report = _import(args.ckpt_path, args.model, args.out, ema=args.ema,
-                           head_layer=args.head_layer, small_images=args.small_images)
-    print(report.summary(path))
-    return 0

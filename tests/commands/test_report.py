@@ -7,7 +7,7 @@ import shutil
 
 from simclrv2.cli import main
 from simclrv2.engine.summary import summary_text
-from simclrv2.report import _best_classifier
+from simclrv2.commands.report import _best_classifier
 
 
 def test_pipeline_report_has_time_per_stage_and_the_best_few_label_model(demo_run):
@@ -62,7 +62,7 @@ def test_one_point_series_have_markers_and_equal_values_do_not_hide_each_other(t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from simclrv2.report import _plot_label_fractions, _plot_stage_curve
+    from simclrv2.commands.report import _plot_label_fractions, _plot_stage_curve
 
     folder = tmp_path / "stage"
     folder.mkdir()

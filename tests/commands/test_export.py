@@ -1,4 +1,4 @@
-"""Exporting classifiers (``simclrv2.convert.export``): ONNX, TorchScript, safetensors."""
+"""Exporting classifiers (``simclrv2.commands.export``): ONNX, TorchScript, safetensors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from simclrv2.checkpoint import file_sha256, save_checkpoint
 from simclrv2.cli import build_parser, main
-from simclrv2.convert.export import export_model
+from simclrv2.commands.export import export_model
 from simclrv2.errors import UserError
 from simclrv2.models import build_model, classifier_config, contrastive_config
 from simclrv2.record import Record

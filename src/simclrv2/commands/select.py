@@ -34,10 +34,10 @@ from ..checkpoint import atomic_write_bytes
 from ..config import option
 from ..data import ImageSet, holdout_split, open_images
 from ..data.annotations import listed_indices, relabeled
-from ..embed import Embedding, check_out_folder, embed_checkpoint, write_embedding
+from .embed import Embedding, check_out_folder, embed_checkpoint, write_embedding
 from ..errors import UserError
-from . import figures
-from .methods import DEFAULT_METHOD, METHODS, Selection, parse_budget, select
+from ..selection import figures
+from ..selection.methods import DEFAULT_METHOD, METHODS, Selection, parse_budget, select
 
 log = logging.getLogger("simclrv2")
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, atomic_write_bytes
-from .data import ImageSet, open_images
-from .errors import UserError
+from ..checkpoint import atomic_write, atomic_write_bytes
+from ..data import ImageSet, open_images
+from ..errors import UserError
 
 log = logging.getLogger("simclrv2")
 
@@ -37,7 +37,7 @@ FEATURES, INDEX = "features.npy", "index.csv"
 
 def feature_fn(model: nn.Module, layer: int, source: str = "the checkpoint") -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> hiddens[layer] for a ContrastiveModel or Classifier (``models.simclr``)."""
-    from .models.simclr import Classifier, ContrastiveModel
+    from ..models.simclr import Classifier, ContrastiveModel
 
     if isinstance(model, ContrastiveModel):
         layers, most = list(model.projection_head.layers), len(model.projection_head.layers)
@@ -73,8 +73,8 @@ def embed_images(fn: Callable[[torch.Tensor], torch.Tensor], images: ImageSet, i
                  device: torch.device, batch_size: int = 256, workers: int | None = None,
                  progress: bool = False) -> Embedding:
     """``fn`` on the evaluation view of every image of ``images``, in one process."""
-    from .distributed import Runtime
-    from .metrics import eval_loader
+    from ..distributed import Runtime
+    from ..metrics import eval_loader
 
     runtime = Runtime(0, 1, device.index or 0, device)
     loader = eval_loader(images, image_size, runtime, batch_size, workers, cache="off")
@@ -104,8 +104,8 @@ def embed_checkpoint(model_path: str, images: ImageSet, layer: int = 0, image_si
                      progress: bool = False) -> Embedding:
     """Embed ``images`` with the network in ``model_path``. Under torchrun each process embeds its
     share (:func:`share`) and every process receives all the rows."""
-    from . import distributed as dist_utils
-    from .models.checkpoints import load_model
+    from .. import distributed as dist_utils
+    from ..models.checkpoints import load_model
 
     model, record = load_model(model_path)
     fn = feature_fn(model, layer, model_path)
@@ -162,7 +162,7 @@ def check_out_folder(out: str | Path, option: str = "--out") -> Path:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .distributed import is_main_process
+    from ..distributed import is_main_process
 
     out = check_out_folder(args.out)
     images = open_images(args.data, labeled=False)

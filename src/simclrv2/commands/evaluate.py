@@ -13,20 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
-from .data import ImageSet, holdout_split, open_images
-from .errors import UserError
-from .engine.placement import autocast_dtype
-from .metrics import classification_metrics, format_metrics, predict_logits
-from .models.checkpoints import load_classifier
-from .record import Record
+from ..checkpoint import atomic_write_bytes
+from ..data import ImageSet, holdout_split, open_images
+from ..errors import UserError
+from ..engine.placement import autocast_dtype
+from ..metrics import classification_metrics, format_metrics, predict_logits
+from ..models.checkpoints import load_classifier
+from ..record import Record
 
 
 def training_eval_split(record: Record, source: str) -> ImageSet:
     """The held-out images of the run that wrote a checkpoint (from its record)."""
     held = record.held_out
     if held.annotations and not held.eval_data and held.holdout > 0 and held.data:
-        from .data.splits import annotated
+        from ..data.splits import annotated
 
         images, _, index = annotated(held.data, held.annotations, held.holdout, held.seed)
         return images.subset(index)
@@ -52,7 +52,7 @@ def evaluate(model_path: str, data: str | None = None, out: str | None = None, i
              batch_size: int = 256, workers: int | None = None, device: str = "auto",
              precision: str = "auto") -> dict[str, Any]:
     """Evaluate the classifier in ``model_path``; writes evaluation.json/.txt to ``out`` if given."""
-    from . import distributed as dist_utils
+    from .. import distributed as dist_utils
 
     model, record = load_classifier(model_path)
     names = record.named_classes()

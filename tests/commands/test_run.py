@@ -14,9 +14,9 @@ import torch
 
 from simclrv2.checkpoint import load_checkpoint
 
-from simclrv2.pipeline import PIPELINE_PRESETS, label_slug, load_pipeline_config, packaged_config, plan, run_pipeline
+from simclrv2.commands.run import PIPELINE_PRESETS, label_slug, load_pipeline_config, packaged_config, plan, run_pipeline
 from conftest import SHORT_DEMO
-from simclrv2.report import results_table
+from simclrv2.commands.report import results_table
 
 STAGES = ["pretrain", "linear_eval", "finetune_2perclass", "supervised_2perclass", "distill_self_2perclass",
           "distill_r18_0.125x_sk0_2perclass", "select_2perclass", "finetune_selected_2perclass"]

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
-from .engine.summary import duration, summary_text
-from .errors import UserError
-from .selection.figures import save_figure
+from ..checkpoint import atomic_write_bytes
+from ..engine.summary import duration, summary_text
+from ..errors import UserError
+from ..selection.figures import save_figure
 
 MAX_EMBEDDED = 2000  # images in the embedding plot
 
@@ -36,7 +36,7 @@ def _load_results(run: Path) -> dict[str, Any]:
 
 def _rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float | None]]]:
     """Row name -> {label spec: held-out top-1}, in the paper's order."""
-    from .pipeline import StageId
+    from .run import StageId
 
     labels = results["labels"]
     rows: dict[str, dict[str, float | None]] = {}
@@ -56,7 +56,7 @@ def _rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float
 
 def results_table(run: Path) -> str:
     """The paper-style table as markdown: held-out top-1 (%) by label fraction."""
-    from .pipeline import StageId
+    from .run import StageId
 
     results = _load_results(run)
     labels, rows = _rows(results)
@@ -183,11 +183,11 @@ def _confusion_figure(run: Path, best: str, metrics: dict[str, Any], plt) -> str
 
 def _plot_embedding(run: Path, path: Path | None = None) -> str | None:
     """t-SNE of the pretrained features of the held-out images, coloured by class."""
-    from .distributed import single_process
+    from ..distributed import single_process
     from .embed import embed_images, feature_fn
     from .evaluate import training_eval_split
-    from .models.checkpoints import load_model
-    from .selection import figures
+    from ..models.checkpoints import load_model
+    from ..selection import figures
 
     path = path or run / "pretrain" / "model.pt"
     if not path.is_file():

@@ -680,7 +680,7 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
     from simclrv2.config import from_mapping
     from simclrv2.data import open_images
     from simclrv2.distributed import single_process
-    from simclrv2.evaluate import evaluate
+    from simclrv2.commands.evaluate import evaluate
     from simclrv2.metrics import eval_loader
     from simclrv2.stages import run
     from simclrv2.stages.distill import DistillConfig

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed as dist_utils
-from .checkpoint import atomic_write_bytes
-from .data import ImageSet, open_images
-from .errors import UserError
-from .engine.placement import autocast, autocast_dtype
-from .metrics import eval_loader
-from .models.checkpoints import load_classifier
+from .. import distributed as dist_utils
+from ..checkpoint import atomic_write_bytes
+from ..data import ImageSet, open_images
+from ..errors import UserError
+from ..engine.placement import autocast, autocast_dtype
+from ..metrics import eval_loader
+from ..models.checkpoints import load_classifier
 
 
 def _image_set(inputs: list[str]) -> ImageSet:

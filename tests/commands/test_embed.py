@@ -1,4 +1,4 @@
-"""``simclrv2 embed`` (``simclrv2.embed``): features of every image, in order, from any checkpoint."""
+"""``simclrv2 embed`` (``simclrv2.commands.embed``): features of every image, in order, from any checkpoint."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import save_random_model
 from simclrv2.cli import main
 from simclrv2.data import open_images
 from simclrv2.data.loader import preprocess
-from simclrv2.embed import embed_checkpoint, share
+from simclrv2.commands.embed import embed_checkpoint, share
 from simclrv2.errors import UserError
 from simclrv2.metrics import eval_crop_fraction
 from simclrv2.models import classifier_config

@@ -37,11 +37,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from .config import apply_overrides, from_mapping, load_yaml, option, save_yaml
-from .errors import UserError
-from .models import parse_model_name
-from .names import PIPELINE_PRESETS  # noqa: F401 - the presets of `run`, declared with the other names
-from .selection.command import SELECTED, SelectOptions, SelectStage
+from ..config import apply_overrides, from_mapping, load_yaml, option, save_yaml
+from ..errors import UserError
+from ..models import parse_model_name
+from ..names import PIPELINE_PRESETS  # noqa: F401 - the presets of `run`, declared with the other names
+from .select import SELECTED, SelectOptions, SelectStage
 
 log = logging.getLogger("simclrv2")
 
@@ -134,7 +134,7 @@ def _section(cfg: PipelineConfig, name: str) -> dict[str, Any]:
 
 def plan(cfg: PipelineConfig) -> list[PlannedStage]:
     """Every stage with its validated config, in run order. Raises UserError before any work."""
-    from .stages import STAGES
+    from ..stages import STAGES
 
     if not cfg.label_specs():
         raise UserError("config key 'labels' is empty: give at least one label fraction, e.g. ['1%']")
@@ -214,8 +214,8 @@ def load_pipeline_config(path: str | None, overrides: list[str], extra: dict[str
 
 def _check_inputs(cfg: PipelineConfig) -> None:
     """The data paths and label specs exist, so that a typo fails now and not after pretraining."""
-    from .data.sources import data_path
-    from .data.subsets import parse_label_spec
+    from ..data.sources import data_path
+    from ..data.subsets import parse_label_spec
 
     for spec in (cfg.data, cfg.eval_data):
         if spec:
@@ -228,10 +228,10 @@ def _check_inputs(cfg: PipelineConfig) -> None:
 def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run every stage not yet finished; returns the results by stage and writes the report."""
     from . import report
-    from .checkpoint import atomic_write_bytes
-    from .distributed import is_main_process
-    from .engine.run_folder import RunFolder
-    from .stages import run
+    from ..checkpoint import atomic_write_bytes
+    from ..distributed import is_main_process
+    from ..engine.run_folder import RunFolder
+    from ..stages import run
 
     stages = plan(cfg)
     _check_inputs(cfg)
@@ -273,7 +273,7 @@ def packaged_config(name: str) -> Path:
 def print_results(cfg: PipelineConfig) -> None:
     """The results table and where the report is, once (the main process, under torchrun)."""
     from . import report
-    from .distributed import is_main_process
+    from ..distributed import is_main_process
 
     if is_main_process():
         print(report.results_table(Path(cfg.out)))

@@ -13,8 +13,8 @@ from simclrv2.cli import main
 from simclrv2.config import from_mapping
 from simclrv2.data import ImageSet, holdout_split, open_images
 from simclrv2.data.splits import open_labeled_splits
-from simclrv2.selection import command
-from simclrv2.selection.command import run_selection
+from simclrv2.commands import select as command
+from simclrv2.commands.select import run_selection
 from simclrv2.stages.finetune import FinetuneConfig
 
 
