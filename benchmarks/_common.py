@@ -3,6 +3,7 @@ real training steps of the stages on synthetic in-memory data (``stage_engine``)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -14,19 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from simclrv2.augment import SimCLRAugment
+from simclrv2.checkpoint import save_checkpoint
 from simclrv2.config import DataOptions, from_mapping
 from simclrv2.data import ImageSet
 from simclrv2.data.loader import Batch
-from simclrv2.data.splits import Splits
 from simclrv2.distributed import single_process
-from simclrv2.engine import Engine, RunFolder
-from simclrv2.models import build_model, classifier_config
-from simclrv2.record import Record
-from simclrv2.stages import distill, finetune, pretrain
-from simclrv2.stages.pretrain import PretrainConfig
+from simclrv2.engine import Engine, RunFolder, StepSettings
+from simclrv2.stages import stage_named
+from simclrv2.stages.configs import PretrainConfig
 
 
 def cpu_model() -> str:
@@ -137,54 +137,70 @@ def pretrain_augment(case: Case) -> SimCLRAugment:
 def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, precision: str = "auto",
                  channels_last: str = "auto", compile_backend: str | None = None,
                  micro_batch: int | None = None, settings: dict | None = None) -> Engine:
-    """The engine of a real ``stage`` run (pretrain, finetune, distill) training on ``data``, ready
-    for ``engine.train_step(batch)``: its step, optimizer, schedule and autocast are the run's.
+    """The engine of a real run of the registered ``stage`` (``simclrv2.stages``) on ``data``, ready for
+    ``engine.train_step(batch)``: its step, optimizer, schedule and autocast are the run's.
 
-    The stage's own code builds the network, the step and the optimizer groups with the stage's
-    defaults. What differs from a run: the data come from memory, not ``--data`` (each stage's
-    ``*_parts`` builder, which ``build`` calls after opening ``--data``, takes them); the
-    schedule has ``SCHEDULE_STEPS`` steps and no warmup; unlabeled images (``make_batch`` without
-    classes) give pretraining no linear monitor, as on unlabeled data; fine-tuning trains a classifier on
-    hiddens[1] (the paper's 1%-label network) from random weights, and distillation's teacher is
-    such a classifier (no checkpoint: weights do not change the timing); no worker processes, no
-    image cache. ``compile_backend``: the network the step calls is ``torch.compile``d with that
-    backend, as ``prepare_model`` does for ``--compile --compile-backend``. ``settings``: more
-    options of the stage's config (``{"memory": 65536, "activation_checkpointing": True}``).
+    The stage's own ``build`` makes the network, the step and the optimizer groups from its config: the
+    stage's defaults, its ``example`` settings, and the checkpoints its ``needs`` name, made first by the
+    same function (an untrained model.pt of the stage needed: weights do not change the timing). What
+    differs from a run: ``--data`` is a folder of tiny PNGs with ``data``'s labels (class folders; flat
+    without labels), as many as ``data`` has (the steps take ``make_batch``'s batches, not the loader's);
+    the schedule has ``SCHEDULE_STEPS`` steps and no warmup; no worker processes, no image cache.
+    ``compile_backend``: ``--compile --compile-backend``. ``settings``: more options of the stage's config
+    (``{"memory": 65536, "activation_checkpointing": True}``).
     """
+    spec = stage_named(stage)
     runtime = single_process(str(device))
-    settings = {"data": data.name, "out": str(Path(_runs().name) / stage), "image_size": case.size,
-                "batch_size": case.batch, "epochs": SCHEDULE_STEPS, "warmup_epochs": 0.0,
-                "device": device.type, "precision": precision, "channels_last": channels_last,
-                "workers": 0, "cache": "off", "tensorboard": False, "micro_batch": micro_batch, **(settings or {})}
+    common = {"data": _image_folder(data), "image_size": case.size, "batch_size": case.batch,
+              "epochs": SCHEDULE_STEPS, "warmup_epochs": 0.0, "device": device.type, "precision": precision,
+              "channels_last": channels_last, "workers": 0, "cache": "off", "tensorboard": False,
+              "check_memory": False}
+    needed = {key: str(_checkpoint_of(other, case, data, device, common)) for key, other in spec.needs.items()}
+    options = {f.name for f in dataclasses.fields(spec.config)}
+    own = {"model": case.model} if "model" in options and not spec.needs else {}
+    compiled = {"compile": True, "compile_backend": compile_backend} if compile_backend else {}
+    cfg = from_mapping(spec.config, {**common, **spec.example, **own, **needed, **compiled,
+                                     "micro_batch": micro_batch, "out": str(Path(_runs().name) / stage),
+                                     **(settings or {})})
     torch.manual_seed(0)
-    if stage == "pretrain":
-        cfg = from_mapping(pretrain.PretrainConfig, {**settings, "model": case.model})
-        parts = pretrain.contrastive_parts(cfg, runtime, Splits(data, None))
-    elif stage == "finetune":
-        cfg = from_mapping(finetune.FinetuneConfig, {**settings, "from": "scratch", "model": case.model,
-                                                     "head_layer": "1"})
-        cfg = finetune.resolve(cfg, None, len(data), len(data))
-        parts = finetune.classifier_parts(cfg, runtime, data, None, None, head_layer=1)
-    elif stage == "distill":
-        names = data.class_names
-        small = DataOptions(image_size=case.size).uses_small_images()
-        teacher_config = classifier_config(case.model, len(names), 1, small)
-        teacher = build_model(teacher_config).eval()
-        cfg = from_mapping(distill.DistillConfig, {**settings, "teacher": "synthetic teacher"})
-        parts = distill.distill_parts(cfg, runtime, teacher, Record("finetune", teacher_config, case.size, names),
-                                      (data, None))
-    else:
-        raise ValueError(f"unknown stage {stage!r}")
-    if compile_backend:
-        parts.step.net = torch.compile(parts.step.net, backend=compile_backend)
-    engine = Engine(parts, runtime, RunFolder(cfg.out))
+    parts = spec.build(cfg, runtime, StepSettings.of(cfg, runtime))
+    parts.step.settings = StepSettings.of(parts.cfg, runtime)  # as engine.run does
+    engine = Engine(parts, runtime, RunFolder(parts.cfg.out))
     engine.step.train()  # as Engine.fit does before its first step
     return engine
 
 
+def _image_folder(data: ImageSet) -> str:
+    """A folder of 8x8 PNGs standing for ``data`` (one per image; class folders when labeled), made once."""
+    key = (id(data), len(data), tuple(data.labels.tolist()))
+    if key not in _FOLDERS:
+        from PIL import Image
+
+        root = Path(tempfile.mkdtemp(prefix="data_", dir=_runs().name))
+        for i, label in enumerate(data.labels):
+            folder = root / data.class_names[label] if label >= 0 else root
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(((i * 37 + np.arange(192)) % 256).astype(np.uint8).reshape(8, 8, 3)).save(folder / f"{i:06d}.png")
+        _FOLDERS[key] = str(root)
+    return _FOLDERS[key]
+
+
+_FOLDERS: dict[tuple, str] = {}
+
+
+def _checkpoint_of(stage: str, case: Case, data: ImageSet, device: torch.device, common: dict) -> Path:
+    """An untrained model.pt of ``stage`` (its record as a run writes it), for a stage that needs one."""
+    path = Path(_runs().name) / f"needed_{stage}_{case.model}_{case.size}_{_image_folder(data)[-8:]}.pt"
+    if not path.is_file():
+        engine = stage_engine(stage, case, data, device, common["precision"], common["channels_last"])
+        save_checkpoint({"record": engine.record.to_data(), "model": engine.model.state_dict()}, path)
+    return path
+
+
 @functools.cache
 def _runs() -> tempfile.TemporaryDirectory:
-    """Where the engines' run folders are (``train_step`` writes nothing); removed at exit."""
+    """Where the engines' run folders, data and needed checkpoints are (``train_step`` writes nothing); removed
+    at exit."""
     return tempfile.TemporaryDirectory(prefix="simclrv2_bench_")
 
 
@@ -202,8 +218,7 @@ def measured_peak(engine: Engine, batch: Batch, steps: int = 2) -> int:
         return torch.cuda.max_memory_allocated(device)
     from torch.profiler import ProfilerActivity, profile
 
-    held = {id(t): t for m in vars(engine.step).values() if isinstance(m, torch.nn.Module)
-            for t in [*m.parameters(), *m.buffers()]}
+    held = {id(t): t for m in engine.step.modules().values() for t in [*m.parameters(), *m.buffers()]}
     resident = sum(t.untyped_storage().nbytes() for t in held.values())
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(steps):

@@ -26,7 +26,8 @@ from _common import machine_line, markdown_table  # noqa: E402
 from simclrv2.config import from_mapping, to_dict  # noqa: E402
 from simclrv2.models.batchnorm import RECALIBRATION_IMAGES  # noqa: E402
 from simclrv2.commands.run import load_pipeline_config, packaged_config, plan  # noqa: E402
-from simclrv2.stages import STAGES, run  # noqa: E402
+from simclrv2.engine import train  # noqa: E402
+from simclrv2.stages import stage_of_kind  # noqa: E402
 
 
 def demo_stages(out: Path, seed: int, quick: bool) -> dict:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             if not args.quick:
                 parser.error("--checkpoint is required (or --quick)")
-            run(stages["pretrain"].cfg)
+            train(stages["pretrain"].cfg)
             checkpoint = str(Path(stages["pretrain"].cfg.out) / "model.pt")
         cases = [("finetune_2perclass", None), ("finetune_2perclass", 2), ("finetune_10pct", None),
                  ("finetune_10pct", 2), ("distill_self_2perclass", None), ("distill_self_2perclass", 2)]
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 if epochs:
                     changes["epochs"] = epochs
                 changes["recalibrate_bn"] = images
-                cfg = from_mapping(STAGES[stage.id.kind].config, {**base, **changes})
-                result = run(cfg)
+                cfg = from_mapping(stage_of_kind(stage.id.kind).config, {**base, **changes})
+                result = train(cfg)
                 scores.append(100 * result["holdout_top1"])
                 if stage.id.kind == "finetune" and epochs is None and images == 0:  # the default's teacher
                     teachers[name] = str(Path(cfg.out) / "model.pt")

@@ -34,7 +34,7 @@ from simclrv2.distributed import single_process  # noqa: E402
 from simclrv2.metrics import eval_loader, extract_features  # noqa: E402
 from simclrv2.models.checkpoints import load_model  # noqa: E402
 from simclrv2.commands.run import load_pipeline_config, packaged_config, plan  # noqa: E402
-from simclrv2.stages import run  # noqa: E402
+from simclrv2.engine import train  # noqa: E402
 
 DRAWS = 5
 PER_CLASS = 2
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = setting + (["epochs=1"] if args.quick else [])
             cfg = demo_pretrain_config(Path(tmp) / f"run{i}", overrides + ["knn_monitor=false"])
             start = time.perf_counter()
-            run(cfg)
+            train(cfg)
             seconds = time.perf_counter() - start
             for name, data in features(Path(cfg.out) / "model.pt", cfg.image_size).items():
                 rows.append([f"{', '.join(setting)}: {name}", f"{seconds:.0f}",

@@ -26,7 +26,7 @@ from _common import machine_line, markdown_table  # noqa: E402
 
 from simclrv2.config import from_mapping, to_dict  # noqa: E402
 from simclrv2.commands.run import load_pipeline_config, packaged_config, plan  # noqa: E402
-from simclrv2.stages import run  # noqa: E402
+from simclrv2.engine import train  # noqa: E402
 from simclrv2.stages.finetune import FinetuneConfig  # noqa: E402
 
 RATES = (0.01, 0.03, 0.05, 0.1, 0.3)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             if not args.quick:
                 parser.error("--checkpoint is required (or --quick)")
-            run(stages["pretrain"])
+            train(stages["pretrain"])
             checkpoint = str(Path(stages["pretrain"].out) / "model.pt")
         rates = args.rates[:2] if args.quick else args.rates
         epochs = 3 if args.quick else args.epochs
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 changes = {"from": init, "lr": rate, "out": str(Path(tmp) / f"{stage}_{rate}"), "overwrite": True}
                 if epochs:
                     changes["epochs"] = epochs
-                result = run(from_mapping(FinetuneConfig, {**base, **changes}))
+                result = train(from_mapping(FinetuneConfig, {**base, **changes}))
                 row.append(round(100 * result["holdout_top1"], 1))
             rows.append(row)
     print(f"machine: {machine_line(torch.device('cpu'))}")

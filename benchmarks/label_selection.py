@@ -34,7 +34,7 @@ from simclrv2.config import from_mapping, to_dict  # noqa: E402
 from simclrv2.commands.run import load_pipeline_config, packaged_config, plan  # noqa: E402
 from simclrv2.selection import METHODS  # noqa: E402
 from simclrv2.commands.select import SELECTED, run_selection  # noqa: E402
-from simclrv2.stages import run  # noqa: E402
+from simclrv2.engine import train  # noqa: E402
 from simclrv2.stages.finetune import FinetuneConfig  # noqa: E402
 
 BUDGETS = ("10", "20", "40", "10%")
@@ -57,7 +57,7 @@ def balanced_spec(budget: str) -> str:
 
 def finetune(stages: dict, checkpoint: str, labels: str, out: Path) -> tuple[float, int]:
     base = {k: v for k, v in to_dict(stages["finetune"]).items() if k != "resume"}
-    result = run(from_mapping(FinetuneConfig, {**base, "from": checkpoint, "labels": labels, "out": str(out),
+    result = train(from_mapping(FinetuneConfig, {**base, "from": checkpoint, "labels": labels, "out": str(out),
                                                "overwrite": True}))
     return 100 * result["holdout_top1"], int(result["labeled_images"])
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             stages = demo_stages(Path(tmp) / f"seed{seed}", seed, args.quick)
-            run(stages["pretrain"])
+            train(stages["pretrain"])
             checkpoint = str(Path(stages["pretrain"].out) / "model.pt")
             holdout = stages["finetune"].holdout
             for budget in args.budgets:

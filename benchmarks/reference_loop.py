@@ -56,7 +56,7 @@ from data_path import write_jpegs  # noqa: E402
 
 from simclrv2.config import from_mapping  # noqa: E402
 from simclrv2.distributed import single_process  # noqa: E402
-from simclrv2.engine import Engine, RunFolder  # noqa: E402
+from simclrv2.engine import Engine, RunFolder, StepSettings  # noqa: E402
 from simclrv2.models import build_model, contrastive_config  # noqa: E402
 from simclrv2.stages import pretrain  # noqa: E402
 
@@ -210,7 +210,7 @@ class OurLoop:
             "batch_size": case.batch, "epochs": 1000, "tensorboard": False, **settings})
         torch.manual_seed(0)
         runtime = single_process(cfg.device)
-        self.engine = Engine(pretrain.build(cfg, runtime), runtime, RunFolder(cfg.out))
+        self.engine = Engine(pretrain.build(cfg, runtime, StepSettings.of(cfg, runtime)), runtime, RunFolder(cfg.out))
         self.engine.step.train()
         self.epoch_index = 0
         self.batches = iter(())

@@ -42,7 +42,7 @@ from _common import (Case, machine_line, make_batch, markdown_table, median, pre
 from simclrv2.data.loader import Batch  # noqa: E402
 from simclrv2.engine import Engine  # noqa: E402
 from simclrv2.engine.loop import step_generator  # noqa: E402
-from simclrv2.engine.placement import autocast, autocast_dtype, input_layout, use_channels_last  # noqa: E402
+from simclrv2.engine.placement import autocast, autocast_dtype, use_channels_last  # noqa: E402
 
 DEFAULT_CASES = ("r18_1x_sk0:32:64", "r50_1x_sk0:96:16")
 QUICK_CASES = ("r18_0.25x_sk0:16:8",)
@@ -136,7 +136,7 @@ def measure(case: Case, device: torch.device, warmup: int, steps: int, precision
     with torch.no_grad():
         g = step_generator(1, 0, 0, device)
         views = torch.cat([step.augment(batch.images, batch.aspect, g), step.augment(batch.images, batch.aspect, g)])
-        ready = input_layout(views, step.channels_last).detach().clone()
+        ready = step.layout(views).detach().clone()
 
     def full() -> None:
         engine.train_step(batch)

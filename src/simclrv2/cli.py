@@ -81,7 +81,7 @@ def add_stage_command(sub, stage) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .stages import STAGES
+    from .stages import stages
 
     parser = argparse.ArgumentParser(
         prog="simclrv2",
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered encoders and their parameter counts",
                        description=module_doc("commands.models"))
     p.set_defaults(func="simclrv2.commands.models:cmd_models")
-    for stage in STAGES.values():
+    for stage in stages():
         add_stage_command(sub, stage)
     add_classifier_commands(sub)
     add_feature_commands(sub)

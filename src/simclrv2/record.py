@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 from .errors import UserError
 
-# The stages that write checkpoints ("import": official TensorFlow weights, `simclrv2 import-tf`).
-STAGES = ("pretrain", "finetune", "supervised", "linear_eval", "distill", "import")
+# The ``stage`` of a checkpoint of official TensorFlow weights (`simclrv2 import-tf`); every other checkpoint's
+# is a kind of the stage that trained it (``simclrv2.stages``).
+IMPORTED = "import"
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class HeldOut:
 class Record:
     """The typed description of a checkpoint's network and of the run that made it."""
 
-    stage: str
+    stage: str  # a kind of a stage of ``simclrv2.stages`` ("supervised", ...) or IMPORTED
     model_config: dict[str, Any]
     image_size: int
     class_names: Optional[list[str]] = None
@@ -106,7 +107,7 @@ def _from_version_1(payload: dict[str, Any]) -> dict[str, Any]:
     model_config = payload.get("model_config")
     config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     small = isinstance(model_config, dict) and model_config.get("small_images")
-    stage = str(payload.get("stage", "import")).replace("-", "_")
+    stage = str(payload.get("stage", IMPORTED)).replace("-", "_")
     return {
         "stage": stage, "model_config": model_config,
         "image_size": config.get("image_size") or (32 if small else 224),

@@ -682,7 +682,7 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
     from simclrv2.distributed import single_process
     from simclrv2.commands.evaluate import evaluate
     from simclrv2.metrics import eval_loader
-    from simclrv2.stages import run
+    from simclrv2.engine import train
     from simclrv2.stages.distill import DistillConfig
     from simclrv2.stages.finetune import FinetuneConfig
     from simclrv2.stages.linear_eval import LinearEvalConfig
@@ -708,7 +708,7 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
 
     # fine-tune at lr 0 from the import: the classifier starts from exactly the TF weights
     tuned = tmp_path / "finetune"
-    run(from_mapping(FinetuneConfig, {**common, "from": str(pretrained), "out": str(tuned),
+    train(from_mapping(FinetuneConfig, {**common, "from": str(pretrained), "out": str(tuned),
                                            "labels": "2/class", "head_layer": "1", "epochs": 1, "lr": 0.0}))
     source = load_checkpoint(pretrained)["model"]
     weights = load_checkpoint(tuned / "model.pt")["model"]
@@ -717,10 +717,10 @@ def test_imported_checkpoints_continue_through_every_stage(tf, small_tf2, tmp_pa
     assert len(encoder) > 50 and all(torch.equal(weights[k], source[k]) for k in encoder)
 
     # linear evaluation on the imported features, and distillation from the imported classifier
-    probe = run(from_mapping(LinearEvalConfig, {**common, "from": str(pretrained),
+    probe = train(from_mapping(LinearEvalConfig, {**common, "from": str(pretrained),
                                                         "out": str(tmp_path / "linear"), "epochs": 1}))
     assert 0.0 <= probe["holdout_top1"] <= 1.0
-    student = run(from_mapping(DistillConfig, {**common, "teacher": str(classifier), "student": "r18_0.125x_sk0",
+    student = train(from_mapping(DistillConfig, {**common, "teacher": str(classifier), "student": "r18_0.125x_sk0",
                                                    "out": str(tmp_path / "distill"), "epochs": 1, "batch_size": 128}))
     assert student["student"] == "r18_0.125x_sk0" and 0.0 <= student["holdout_top1"] <= 1.0
     assert load_checkpoint(tmp_path / "distill" / "model.pt")["record"]["model_config"]["encoder"] == "r18_0.125x_sk0"

@@ -1,6 +1,6 @@
 """No host sync inside a training step (issue 21): ops whose output size or value the host must read
 (``nonzero``, ``.item()``, boolean-mask indexing, ...) stall a GPU's queue every time. A dispatch mode
-records every such op of a full ``Engine.train_step`` of pretraining, fine-tuning and distillation, on
+records every such op of a full ``Engine.train_step`` of every registered stage (``simclrv2.stages``), on
 the CPU, with the augmentation's accelerator path (on CPU its colour jitter reads subset sizes on
 purpose: there that costs no device sync)."""
 
@@ -15,6 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from simclrv2 import augment
+from simclrv2.stages import stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _common import Case, make_batch, stage_engine  # noqa: E402
@@ -36,7 +37,7 @@ class SyncFlags(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune", "distill"])
+@pytest.mark.parametrize("stage", [s.name for s in stages()])
 def test_a_training_step_has_no_host_sync(stage, monkeypatch):
     monkeypatch.setattr(augment, "color_jitter", functools.partial(augment.color_jitter, by_subset=False))
     case = Case.parse("r18_0.25x_sk1:40:8")  # SK blocks, blur (above 32 px), colour jitter, the linear monitor

@@ -11,7 +11,7 @@ from simclrv2.checkpoint import load_checkpoint
 from simclrv2.config import from_mapping
 from simclrv2.data.loader import Batch
 from simclrv2.engine.loop import drawn_ahead
-from simclrv2.stages import run
+from simclrv2.engine import train
 from simclrv2.stages.configs import FinetuneConfig, PretrainConfig
 
 
@@ -46,7 +46,7 @@ def test_the_views_of_the_next_step_are_drawn_in_a_thread_while_a_step_runs():
 def trained_weights(tmp_path, cls, name, **settings) -> dict[str, torch.Tensor]:
     common = dict(data="digits", image_size=16, epochs=1, batch_size=128, workers=0, holdout=0.2, seed=3,
                   tensorboard=False, out=str(tmp_path / name))
-    run(from_mapping(cls, {**common, **settings}))
+    train(from_mapping(cls, {**common, **settings}))
     return load_checkpoint(tmp_path / name / "model.pt")["model"]
 
 

@@ -73,7 +73,7 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
     # out of memory in the first step (CPU allocator message): one line, exit 2, no folder
-    def out_of_memory(self, batch, generator):
+    def out_of_memory(self, batch, generator, index):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 123456789012 bytes")
 
@@ -89,8 +89,8 @@ def test_a_signal_before_the_first_step_stops_at_once_and_removes_the_new_folder
     cfg = from_mapping(PretrainConfig, {"data": "digits", "model": "r18_0.125x_sk0", "image_size": 16,
                                         "epochs": 1, "batch_size": 128, "workers": 0, "out": str(out)})
 
-    def build_then_signal(cfg, runtime):
-        parts = pretrain.build(cfg, runtime)
+    def build_then_signal(cfg, runtime, settings):
+        pretrain.build(cfg, runtime, settings)
         assert out.is_dir()  # claimed before the build
         os.kill(os.getpid(), signal.SIGTERM)  # e.g. a scheduler cancelling the job while data loads
         raise AssertionError("the signal should have stopped the run")

@@ -12,6 +12,8 @@ import torch
 
 from simclrv2.engine.memory_estimate import estimate_step
 from simclrv2.models import build_model, contrastive_config
+from simclrv2.models.resnet import ResNet
+from simclrv2.stages import stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _common import Case, make_batch, stage_engine  # noqa: E402
@@ -40,14 +42,20 @@ def test_checkpointed_stages_train_exactly_as_plain_ones(model, size):
         torch.testing.assert_close(checkpointed.eval()(x)[0], plain.eval()(x)[0], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune", "distill"])
+def resnets(module: torch.nn.Module) -> list[ResNet]:
+    return [m for m in module.modules() if isinstance(m, ResNet)]
+
+
+@pytest.mark.parametrize("stage", [s.name for s in stages()])
 def test_the_option_checkpoints_the_trained_encoder_only(stage):
     case = Case.parse("r18_0.25x_sk0:32:8")
     data, batch = make_batch(case, torch.device("cpu"), classes=4)
     engine = stage_engine(stage, case, data, torch.device("cpu"), settings={"activation_checkpointing": True})
-    assert engine.model.encoder.checkpoint_blocks
-    if stage == "distill":  # the teacher runs without gradients: nothing to recompute
-        assert not engine.step.teacher.encoder.checkpoint_blocks
+    trained = resnets(engine.model)
+    assert trained and all(r.checkpoint_blocks for r in trained)
+    for name, module in engine.step.modules().items():  # a teacher runs without gradients: nothing to recompute
+        if name not in ("model", "net"):
+            assert not any(r.checkpoint_blocks for r in resnets(module)), name
     loss, _ = engine.train_step(batch)
     assert torch.isfinite(loss)
 

@@ -11,7 +11,7 @@ from simclrv2.checkpoint import load_checkpoint
 from simclrv2.config import from_mapping
 from simclrv2.losses import distillation_loss, teacher_entropy
 from simclrv2.stages import distill as distill_module
-from simclrv2.stages import run
+from simclrv2.engine import train
 from simclrv2.stages.distill import DistillConfig
 from simclrv2.stages.finetune import FinetuneConfig
 
@@ -80,7 +80,7 @@ def test_self_distilled_student_keeps_the_teacher_accuracy(demo_run):
 def test_small_student_beats_the_small_network_trained_on_the_labels(demo_run, tmp_path):
     small = json.loads((demo_run / "distill_r18_0.125x_sk0_2perclass" / "result.json").read_text())
     assert small["temperature"] == 1.0
-    labels_only = run(from_mapping(FinetuneConfig, {
+    labels_only = train(from_mapping(FinetuneConfig, {
         "data": "digits", "holdout": 0.2, "workers": 0, "tensorboard": False, "out": str(tmp_path / "small"),
         "from": "scratch", "model": "r18_0.125x_sk0", "image_size": 16, "labels": "2/class", "head_layer": "0",
         "epochs": 150, "lr": 0.1, "crop_min_area": 0.5, "flip": False}))
@@ -101,7 +101,7 @@ def test_teacher_weights_and_bn_statistics_do_not_change(demo_run, tmp_path, mon
     cfg = from_mapping(DistillConfig, {"data": "digits", "holdout": 0.2, "workers": 0, "tensorboard": False,
                                        "out": str(tmp_path / "d"), "teacher": str(teacher_path), "epochs": 1,
                                        "batch_size": 128, "alpha": 0.5, "labels": "2/class"})
-    result = run(cfg)
+    result = train(cfg)
     assert result["steps"] == 11
     after = captured["model"].state_dict()
     saved = load_checkpoint(teacher_path)["model"]

@@ -16,7 +16,7 @@ from simclrv2.distributed import single_process
 from simclrv2.commands.evaluate import evaluate, training_eval_split
 from simclrv2.metrics import classification_metrics, predict_logits
 from simclrv2.models.checkpoints import load_classifier
-from simclrv2.stages import run
+from simclrv2.engine import train
 from simclrv2.stages.finetune import FinetuneConfig, default_finetune_lr, resolve
 from simclrv2.stages.linear_eval import LinearEvalConfig
 
@@ -30,7 +30,7 @@ FT = dict(epochs=150, lr=0.03, crop_min_area=0.5, flip=False, image_size=16)
 
 def run_finetune(tmp_path, name, **kw):
     cfg = from_mapping(FinetuneConfig, {**COMMON, **FT, "out": str(tmp_path / name), **kw})
-    return run(cfg), tmp_path / name
+    return train(cfg), tmp_path / name
 
 
 def test_finetuning_beats_training_from_scratch_at_about_one_percent_labels(demo_run):
@@ -84,7 +84,7 @@ def test_head_layer_auto_scores_each_layer_and_keeps_the_best(pretrained, tmp_pa
 def test_linear_eval_trains_only_the_linear_layer(pretrained, tmp_path):
     cfg = from_mapping(LinearEvalConfig, {**COMMON, "out": str(tmp_path / "lin"), "from": str(pretrained),
                                           "epochs": 10, "batch_size": 256, "flip": False})
-    result = run(cfg)
+    result = train(cfg)
     assert result["holdout_top1"] > 0.6
     source = load_checkpoint(pretrained)["model"]
     model = load_checkpoint(tmp_path / "lin" / "model.pt")["model"]

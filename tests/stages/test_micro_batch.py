@@ -18,8 +18,9 @@ from simclrv2.errors import UserError
 from simclrv2.losses import NTXentLoss
 from simclrv2.models import build_model, classifier_config, contrastive_config
 from simclrv2.stages.distill import DistillStep
-from simclrv2.stages.finetune import ClassifierStep
+from simclrv2.stages.common import ClassifierStep
 from simclrv2.stages.pretrain import ContrastiveStep
+from simclrv2.engine.stage import StepSettings
 
 
 class Views:
@@ -96,9 +97,9 @@ def test_micro_batched_contrastive_step_has_the_gradients_of_the_whole_batch(m, 
     reference = contrastive_model(3 if monitor else 0)
     ours = copy.deepcopy(reference)
     expected = ghost_reference(reference, v1, v2, labels, m, criterion)
-    step = ContrastiveStep(ours, ours, jitter, criterion, micro_batch=m)
+    step = ContrastiveStep(ours, ours, jitter, criterion, StepSettings(micro_batch=m))
     assert step.computes_gradients
-    loss, logs = step(batch, torch.Generator().manual_seed(5))
+    loss, logs = step(batch, torch.Generator().manual_seed(5), 0)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
     assert_same(grads(ours), grads(reference))
     # running statistics recorded once per micro-batch (the embedding pass leaves them alone)
@@ -128,15 +129,15 @@ def test_finetune_and_distill_accumulate_the_mean_loss_exactly_up_to_ghost_bn():
     net = build_model(classifier_config("r18_0.125x_sk0", 3, 1, small_images=True)).double().train()
     teacher = build_model(classifier_config("r18_0.125x_sk0", 3, 1, small_images=True)).double().eval()
     labeled = Batch(batch.images, batch.aspect, labels.clamp_min(0), batch.indices)  # fine-tuning: all labeled
-    for make, batch in ((lambda model, mb: DistillStep(model, model, teacher, Views(x), 0.5, alpha=0.3,
-                                                       micro_batch=mb), batch),
-                        (lambda model, mb: ClassifierStep(model, model, Views(x), micro_batch=mb), labeled)):
+    for make, batch in ((lambda model, mb: DistillStep(model, model, teacher, Views(x), 0.5, 0.3,
+                                                       StepSettings(micro_batch=mb)), batch),
+                        (lambda model, mb: ClassifierStep(model, model, Views(x), StepSettings(micro_batch=mb)), labeled)):
         # the reference: the whole batch's loss in one graph, batch norm per micro-batch
         reference, ours = copy.deepcopy(net), copy.deepcopy(net)
         full = make(reference, None)
         chunks = [full.loss(x, batch, slice(i, i + m))[0] * (m / n) for i in range(0, n, m)]
         sum(chunks).backward()
-        loss, _ = make(ours, m)(batch, None)
+        loss, _ = make(ours, m)(batch, None, 0)
         assert loss.item() == pytest.approx(sum(chunks).item(), rel=1e-12)
         assert_same(grads(ours), grads(reference))
 
@@ -167,7 +168,7 @@ def two_process_worker(rank, port, v1, v2, m, out_dir):
         dist.all_reduce(p.grad)
         p.grad /= 2
     ddp = nn.parallel.DistributedDataParallel(ours, broadcast_buffers=False)
-    ContrastiveStep(ours, ddp, jitter, criterion, micro_batch=m)(batch, torch.Generator().manual_seed(rank))
+    ContrastiveStep(ours, ddp, jitter, criterion, StepSettings(micro_batch=m))(batch, torch.Generator().manual_seed(rank), 0)
     torch.save({"ours": grads(ours), "reference": grads(reference)}, f"{out_dir}/{rank}.pt")
     dist.destroy_process_group()
 

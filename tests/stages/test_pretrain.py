@@ -12,7 +12,7 @@ import torch
 from simclrv2.checkpoint import list_checkpoints, load_checkpoint
 from simclrv2.config import from_mapping
 from simclrv2.engine import loop
-from simclrv2.stages import run
+from simclrv2.engine import train
 from simclrv2.stages.pretrain import PretrainConfig
 
 TINY = dict(data="digits", model="r18_0.25x_sk0", image_size=16, batch_size=256, lr=0.5,
@@ -30,7 +30,7 @@ def read_metrics(run):
 def test_pretraining_lowers_loss_and_knn_far_above_chance(tmp_path):
     # The demo's temperature and rate: at TINY's (0.1, 0.5 * sqrt(256)) the loss of 20 steps only
     # wanders around its start (by +-0.6, in fp32 and bf16 alike) while the kNN accuracy still climbs.
-    result = run(config(tmp_path, epochs=8, temperature=0.5, lr=0.3))
+    result = train(config(tmp_path, epochs=8, temperature=0.5, lr=0.3))
     losses = [r["contrastive_loss"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert len(losses) == 24  # 5 steps an epoch, logged every 2 steps and at each epoch's end
     # 2 x log(2N - 1) = 12.47 for N = 256 at chance: the start; about 11.7 after 40 steps
@@ -43,7 +43,7 @@ def test_pretraining_lowers_loss_and_knn_far_above_chance(tmp_path):
 
 def test_resume_ends_with_same_weights_and_memory_as_uninterrupted_run(tmp_path, monkeypatch):
     common = dict(epochs=2, memory=64, checkpoint_every=2, keep_checkpoints=10, knn_monitor=False)
-    run(config(tmp_path / "a", **common))
+    train(config(tmp_path / "a", **common))
     reference = load_checkpoint(tmp_path / "a" / "run" / "model.pt")
 
     stop_at = 3
@@ -54,10 +54,10 @@ def test_resume_ends_with_same_weights_and_memory_as_uninterrupted_run(tmp_path,
 
     monkeypatch.setattr(loop.Engine, "_stop_requested", stop_once)
     with pytest.raises(loop.Preempted):
-        run(config(tmp_path / "b", **common))
+        train(config(tmp_path / "b", **common))
     monkeypatch.setattr(loop.Engine, "_stop_requested", original)
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "run" / "checkpoints")] == ["ckpt-000000002.pt", "ckpt-000000003.pt"]
-    run(config(tmp_path / "b", resume="auto", **common))
+    train(config(tmp_path / "b", resume="auto", **common))
     resumed = load_checkpoint(tmp_path / "b" / "run" / "model.pt")
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
@@ -72,7 +72,7 @@ def test_resume_ends_with_same_weights_and_memory_as_uninterrupted_run(tmp_path,
 
 def test_refuses_to_overwrite_a_finished_run(tmp_path):
     cfg = config(tmp_path, epochs=1, knn_monitor=False)
-    run(cfg)
+    train(cfg)
     proc = subprocess.run([sys.executable, "-m", "simclrv2", "pretrain", "--data", "digits", "--out", cfg.out,
                            "--model", "r18_0.25x_sk0", "--image-size", "16", "--epochs", "1"],
                           capture_output=True, text=True)
@@ -131,7 +131,7 @@ def test_knn_monitor_every_n_epochs_on_at_most_a_fixed_sample(tmp_path):
     from simclrv2.data import ImageSet
     from simclrv2.stages.pretrain import at_most
 
-    run(config(tmp_path, epochs=5, batch_size=512, knn_every=2))
+    train(config(tmp_path, epochs=5, batch_size=512, knn_every=2))
     epochs = [r["epoch"] for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
     assert epochs == [2, 4]  # and the final evaluation at epoch 5 ("eval")
     images = ImageSet(paths=None, arrays=np.zeros((50, 2, 2, 3), np.uint8), labels=np.arange(50) % 5,

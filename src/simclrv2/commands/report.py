@@ -12,7 +12,6 @@ its summary, training curve, and the confusion matrix or t-SNE map of its held-o
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,49 +20,41 @@ import numpy as np
 from ..checkpoint import atomic_write_bytes
 from ..engine.summary import duration, summary_text
 from ..errors import UserError
+from ..results import SELECTION, StageId, read_metrics, read_result, read_results
 from ..selection.figures import save_figure
+from ..stages import kinds, stage_of_kind
 
 MAX_EMBEDDED = 2000  # images in the embedding plot
 
 
-def _load_results(run: Path) -> dict[str, Any]:
-    path = run / "results.json"
-    if not path.is_file():
-        raise UserError(f"{run} has neither results.json nor result.json: it is not a finished run folder "
-                        "(finish or resume the run first)")
-    return json.loads(path.read_text())
-
-
 def _rows(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float | None]]]:
-    """Row name -> {label spec: held-out top-1}, in the paper's order."""
-    from .run import StageId
-
+    """Row name -> {label spec: held-out top-1}, in the paper's order (``Kind.rank``: the supervised baseline,
+    linear evaluation, fine-tuning, distillation), each kind's rows in the order the pipeline ran them."""
     labels = results["labels"]
+    rank = {name: kind.rank for name, kind in kinds().items()}
     rows: dict[str, dict[str, float | None]] = {}
-    order = ["supervised baseline", "linear eval (all labels)", "fine-tuned", "fine-tuned (selected labels)"]
-    for stage in results["stages"].values():
+    order: list[tuple[int, int, str]] = []
+    for position, stage in enumerate(results["stages"].values()):
         stage_id = StageId.from_result(stage)
-        if stage_id.kind in ("pretrain", "select"):
+        if stage_id.row is None:
             continue
-        if stage_id.row not in order:
-            order.append(stage_id.row)
+        if stage_id.row not in rows:
+            order.append((rank[stage_id.kind], position, stage_id.row))
         target = rows.setdefault(stage_id.row, {})
         # linear evaluation uses every label: the same figure in every column
-        for label in (labels if stage_id.kind == "linear_eval" else [stage_id.labels]):
+        for label in (labels if stage_id.every_label else [stage_id.labels]):
             target[label] = stage.get("holdout_top1")
-    return labels, {r: rows[r] for r in order if r in rows}
+    return labels, {row: rows[row] for _, _, row in sorted(order)}
 
 
 def results_table(run: Path) -> str:
     """The paper-style table as markdown: held-out top-1 (%) by label fraction."""
-    from .run import StageId
-
-    results = _load_results(run)
+    results = read_results(run)
     labels, rows = _rows(results)
-    counts = {}
+    counts: dict[str, Any] = {}
     for stage in results["stages"].values():
-        if stage["kind"] == "finetune" and not StageId.from_result(stage).selected:
-            counts[stage["labels"]] = stage["labeled_images"]
+        if "labeled_images" in stage and not StageId.from_result(stage).selected:
+            counts.setdefault(stage.get("labels"), stage["labeled_images"])
     header = "| method | " + " | ".join(f"{lab} ({counts.get(lab, '?')} labeled)" for lab in labels) + " |"
     lines = [header, "|---|" + "---:|" * len(labels)]
     for name, values in rows.items():
@@ -72,40 +63,64 @@ def results_table(run: Path) -> str:
     return "\n".join(lines)
 
 
-def _train_records(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("kind") == "train" and "loss" in r]
+# What a panel draws as the training loss, by the keys a stage logs: distillation's KL to the teacher times
+# tau^2 (0 when the student matches; the cross-entropy it minimises levels off at the teacher's entropy, and at
+# tau 0.1 it is in the hundreds), else the loss the step minimises.
+LOSS_KEYS = (("distill_kl_t2", "KL to teacher x tau^2"), ("loss", "training loss"))
+SCORE_KEYS = (("holdout_top1", "held-out top-1"), ("knn_top1", "held-out kNN top-1"))
 
 
-def _plot_stage_curve(ax, folder: Path, name: str) -> bool:
-    """One stage's training loss against epoch on ``ax``; False when it logged nothing."""
-    train = _train_records(folder)
-    if not train:
+def _curve(records: list[dict[str, Any]], keys) -> tuple[list[float], list[float], str] | None:
+    """(epochs, values, label) of the first of ``keys`` every record has; None if none has one."""
+    for key, label in keys:
+        found = [r for r in records if isinstance(r.get(key), (int, float))]
+        if found and len(found) == len(records):
+            return [r["epoch"] for r in found], [float(r[key]) for r in found], label
+    return None
+
+
+def _plot_panel(ax, folder: Path, title: str) -> bool:
+    """One stage's panel: its training loss (left axis) and held-out accuracy (right axis, %) against epoch;
+    False when it logged nothing."""
+    loss = _curve(read_metrics(folder, "train"), LOSS_KEYS)
+    evaluations = [r for r in read_metrics(folder) if r.get("kind") in ("epoch", "eval")]
+    score = _curve(evaluations, SCORE_KEYS)
+    if loss is None and score is None:
         return False
-    # Distillation: the KL to the teacher (0 when matched), not the cross-entropy, which
-    # levels off at the teacher's entropy and would hide the progress on a log axis.
-    key = "distill_kl" if all("distill_kl" in r for r in train) else "loss"
-    # (a KL of a matched student can round to slightly below 0: floor it for the log axis)
-    values = [max(r[key], 1e-6) if key == "distill_kl" else r[key] for r in train]
-    # markers, so that a run of one or two logged points still shows
-    ax.plot([r["epoch"] for r in train], values, marker="o", markersize=3 if len(train) > 20 else 5,
-            label=name + (" (KL to teacher)" if key == "distill_kl" else ""))
+    ax.set_title(title, fontsize=9)
+    if loss is not None:
+        epochs, values, label = loss
+        values = [max(v, 1e-6) for v in values] if "KL" in label else values  # a matched KL may round below 0
+        ax.plot(epochs, values, color="tab:blue", marker="o", markersize=2 if len(values) > 20 else 4)
+        ax.set_ylabel(label, color="tab:blue", fontsize=8)
+        positive = [v for v in values if v > 0]
+        if len(positive) == len(values) and max(values) > 20 * min(values):
+            ax.set_yscale("log")
+    if score is not None:
+        epochs, values, label = score
+        right = ax.twinx()
+        right.plot(epochs, [100 * v for v in values], color="tab:orange", marker="s", markersize=4)
+        right.set_ylabel(f"{label} (%)", color="tab:orange", fontsize=8)
+    ax.tick_params(labelsize=7)
     return True
 
 
-def _plot_curves(run: Path, results: dict[str, Any], plt) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in results["stages"]:
-        _plot_stage_curve(axes[0] if name == "pretrain" else axes[1], run / name, name)
-    axes[0].set(title="pretraining (NT-Xent loss)", xlabel="epoch", ylabel="loss")
-    axes[1].set(title="fine-tuning, baseline (cross-entropy); distillation (KL)", xlabel="epoch",
-                ylabel="loss", yscale="log")
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+def _plot_curves(run: Path, results: dict[str, Any], plt) -> str | None:
+    """Small multiples: one panel per stage that trained, its loss and held-out accuracy, a shared epoch axis."""
+    folders = [name for name in results["stages"] if read_metrics(run / name)]
+    if not folders:
+        return None
+    columns = min(4, len(folders))
+    rows = -(-len(folders) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), sharex=True, squeeze=False)
+    for ax, name in zip(axes.flat, folders):
+        _plot_panel(ax, run / name, name)
+    for ax in axes.flat[len(folders):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle("training loss (blue, left) and held-out accuracy (orange, right) of each stage", fontsize=10)
     fig.tight_layout()
     save_figure(fig, run / "training_curves.png")
     return "training_curves.png"
@@ -134,9 +149,10 @@ def _plot_label_fractions(run: Path, results: dict[str, Any], plt) -> str:
 
 def _best_classifier(results: dict[str, Any]) -> str | None:
     """The best classifier trained on a label subset (the linear evaluation uses every label); else the best."""
-    scored = [(s["holdout_top1"], name, s["kind"] != "linear_eval" and s["labels"] != "all")
+    ids = {name: StageId.from_result(s) for name, s in results["stages"].items()}
+    scored = [(s["holdout_top1"], name, not ids[name].every_label and s.get("labels") != "all")
               for name, s in results["stages"].items()
-              if s["kind"] in ("finetune", "distill", "supervised", "linear_eval") and s.get("holdout_top1") is not None]
+              if ids[name].row is not None and s.get("holdout_top1") is not None]
     few = [x for x in scored if x[2]]
     return max(few or scored)[1] if scored else None
 
@@ -189,8 +205,12 @@ def _plot_embedding(run: Path, path: Path | None = None) -> str | None:
     from ..models.checkpoints import load_model
     from ..selection import figures
 
-    path = path or run / "pretrain" / "model.pt"
-    if not path.is_file():
+    if path is None:  # the pipeline's first stage whose model is an encoder with a projection head
+        results = read_results(run)
+        found = [name for name, entry in results["stages"].items() if entry.get("kind") in kinds()
+                 and stage_of_kind(entry["kind"]).produces == "contrastive"]
+        path = run / found[0] / "model.pt" if found else None
+    if path is None or not path.is_file():
         return None
     model, record = load_model(path)
     try:
@@ -210,7 +230,7 @@ def _plot_embedding(run: Path, path: Path | None = None) -> str | None:
 
 def _selection_section(run: Path, results: dict[str, Any]) -> list[str]:
     """The map and contact sheet of the first selection, and how each selection compares."""
-    chosen = [name for name, stage in results["stages"].items() if stage["kind"] == "select"]
+    chosen = [name for name, stage in results["stages"].items() if stage["kind"] == SELECTION]
     if not chosen:
         return []
     first = results["stages"][chosen[0]]
@@ -241,13 +261,11 @@ def write_stage_report(folder: Path) -> Path:
     from .evaluate import evaluate
 
     plt = _pyplot()
-    result = json.loads((folder / "result.json").read_text())
+    result = read_result(folder)
     lines = [f"# {result.get('stage', 'stage')} run report", "", "```", summary_text(result, folder), "```", ""]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    if _plot_stage_curve(ax, folder, result.get("stage", folder.name)):
-        ax.set(title="training loss", xlabel="epoch", ylabel="loss",
-               yscale="log" if result.get("stage") != "pretrain" else "linear")
-        ax.legend(fontsize=7)
+    if _plot_panel(ax, folder, f"{result.get('stage', folder.name)}: training loss and held-out accuracy"):
+        ax.set_xlabel("epoch")
         fig.tight_layout()
         save_figure(fig, folder / "training_curves.png")
         lines += ["## Training curve", "", "![training curve](training_curves.png)", ""]
@@ -276,13 +294,15 @@ def write_report(run: str | Path) -> Path:
     if not (run / "results.json").is_file() and (run / "result.json").is_file():
         return write_stage_report(run)
     plt = _pyplot()
-    results = _load_results(run)
+    results = read_results(run)
     lines = ["# SimCLRv2 run report", "", f"Run folder: `{run}`", "",
              "## Held-out top-1 accuracy (%)", "", results_table(run), "",
              "Every classifier is scored on the same held-out images (never trained on); the supervised "
              "baseline is the same network trained from random weights on the same labels for the same "
              "number of steps.", ""]
-    lines += ["## Training curves", "", f"![training curves]({_plot_curves(run, results, plt)})", ""]
+    curves = _plot_curves(run, results, plt)
+    if curves:
+        lines += ["## Training curves", "", f"![training curves]({curves})", ""]
     lines += ["## Time per stage", "", time_table(results), ""]
     lines += ["## Accuracy against label fraction", "",
               f"![accuracy against labels]({_plot_label_fractions(run, results, plt)})", ""]
@@ -310,6 +330,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if (run / "results.json").is_file():
         print(results_table(run))
     else:
-        print(summary_text(json.loads((run / "result.json").read_text()), run))
+        print(summary_text(read_result(run), run))
     print(f"report: {path}")
     return 0

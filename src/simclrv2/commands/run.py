@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -39,14 +37,15 @@ from typing import Any, Callable, List, Optional
 
 from ..config import apply_overrides, from_mapping, load_yaml, option, save_yaml
 from ..errors import UserError
-from ..models import parse_model_name
-from ..names import PIPELINE_PRESETS  # noqa: F401 - the presets of `run`, declared with the other names
+from ..names import PIPELINE_PRESETS, parse_model_name  # noqa: F401 - the presets of `run`, declared with the other names
+from ..results import SELECTION, StageId, label_slug, read_result, write_results  # noqa: F401 - label_slug: the folder names
+from ..stages import kinds, stage_of_kind
 from .select import SELECTED, SelectOptions, SelectStage
 
 log = logging.getLogger("simclrv2")
 
 SHARED_KEYS = ("data", "eval_data", "holdout", "seed")
-OPTIONAL_STAGES = ("supervised", "linear_eval", "distill")
+OPTIONAL_STAGES = tuple(k.name for k in kinds().values() if k.optional)  # what `skip:` may name
 
 
 @dataclass
@@ -81,38 +80,6 @@ class PipelineConfig:
         return stage not in (self.skip or [])
 
 
-@dataclass(frozen=True)
-class StageId:
-    """What a pipeline stage is: its kind, label spec and student. Its folder, its row in the
-    report and its results entry all come from here (nothing parses folder names)."""
-
-    kind: str  # pretrain, linear_eval, select, finetune, supervised, distill
-    labels: Optional[str] = None
-    student: Optional[str] = None  # distill: "self" or the student's encoder
-    selected: bool = False  # trained on the images `select` chose (as many as ``labels`` draws)
-
-    @property
-    def folder(self) -> str:
-        if self.kind in ("pretrain", "linear_eval"):
-            return self.kind
-        name = f"distill_{self.student}" if self.kind == "distill" else self.kind
-        return f"{name}_{'selected_' if self.selected else ''}{label_slug(self.labels)}"
-
-    @property
-    def row(self) -> str:
-        """The report's row: the paper's name for the method."""
-        name = {"pretrain": "pretrained", "linear_eval": "linear eval (all labels)", "finetune": "fine-tuned",
-                "supervised": "supervised baseline", "select": "selection"}.get(self.kind)
-        if name is None:
-            return f"distilled ({self.student}{', selected labels' if self.selected else ''})"
-        return f"{name} (selected labels)" if self.selected else name
-
-    @classmethod
-    def from_result(cls, entry: dict[str, Any]) -> "StageId":
-        """The id stored in a results.json entry (runs written before ``selected`` existed lack it)."""
-        return cls(**{f.name: entry[f.name] for f in dataclasses.fields(cls) if f.name in entry})
-
-
 @dataclass
 class PlannedStage:
     """One stage of the pipeline: what it is and its validated config."""
@@ -121,21 +88,12 @@ class PlannedStage:
     cfg: Any
 
 
-def label_slug(label: str) -> str:
-    """A folder-name form of a label spec: '1%' -> '1pct', '5/class' -> '5perclass'."""
-    text = label.replace("%", "pct").replace("/class", "perclass")
-    text = Path(text).stem if ("/" in text or "\\" in text) else text
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
 def _section(cfg: PipelineConfig, name: str) -> dict[str, Any]:
     return dict(getattr(cfg, name) or {})
 
 
 def plan(cfg: PipelineConfig) -> list[PlannedStage]:
     """Every stage with its validated config, in run order. Raises UserError before any work."""
-    from ..stages import STAGES
-
     if not cfg.label_specs():
         raise UserError("config key 'labels' is empty: give at least one label fraction, e.g. ['1%']")
     root = Path(cfg.out)
@@ -153,8 +111,7 @@ def plan(cfg: PipelineConfig) -> list[PlannedStage]:
                 raise UserError(f"config key '{section}.{key}' is set by the pipeline (stage folder "
                                 f"{stage_id.folder}): remove it")
         data = {**common, **shared, **settings, **fixed, "out": str(root / stage_id.folder)}
-        kind = "finetune" if stage_id.kind == "supervised" else stage_id.kind
-        stage_cfg = from_mapping(STAGES[kind].config, data, prefix=f"{section}.")
+        stage_cfg = from_mapping(stage_of_kind(stage_id.kind).config, data, prefix=f"{section}.")
         stages.append(PlannedStage(stage_id, stage_cfg))
         return stage_cfg
 
@@ -191,7 +148,7 @@ def plan(cfg: PipelineConfig) -> list[PlannedStage]:
             distill_from(finetuned)
         if selecting is None or label == "all":
             continue
-        chosen = StageId("select", label)
+        chosen = StageId(SELECTION, label)
         stages.append(PlannedStage(chosen, SelectStage(str(root / chosen.folder), pretrained, match, selecting,
                                                        match.workers, match.device)))
         on_chosen = StageId("finetune", label, selected=True)
@@ -228,10 +185,9 @@ def _check_inputs(cfg: PipelineConfig) -> None:
 def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run every stage not yet finished; returns the results by stage and writes the report."""
     from . import report
-    from ..checkpoint import atomic_write_bytes
     from ..distributed import is_main_process
     from ..engine.run_folder import RunFolder
-    from ..stages import run
+    from ..engine import train
 
     stages = plan(cfg)
     _check_inputs(cfg)
@@ -249,16 +205,16 @@ def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info
         folder = RunFolder(stage.cfg.out)
         if folder.finished:
             progress(f"[{i}/{len(stages)}] {name}: finished earlier, skipped")
-            results[name] = folder.read_result()
+            results[name] = read_result(folder.path)
             continue
         resume = "auto" if folder.has_checkpoints() else None
         progress(f"[{i}/{len(stages)}] {name}" + (": resuming" if resume else ""))
-        results[name] = run(dataclasses.replace(stage.cfg, resume=resume))
-    summary = {"stages": {s.id.folder: {**results[s.id.folder], **dataclasses.asdict(s.id)} for s in stages},
-               "labels": cfg.label_specs()}
-    if is_main_process():
-        atomic_write_bytes(root / "results.json", json.dumps(summary, indent=2, default=float).encode())
-        report.write_report(root)
+        results[name] = train(dataclasses.replace(stage.cfg, resume=resume))
+    if not is_main_process():
+        return {"stages": {s.id.folder: {**results[s.id.folder], **dataclasses.asdict(s.id)} for s in stages},
+                "labels": cfg.label_specs()}
+    summary = write_results(root, [(s.id, results[s.id.folder]) for s in stages], cfg.label_specs())
+    report.write_report(root)
     return summary
 
 

@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..models import build_model, classifier_config, contrastive_config
 from ..models.resnet import ResNet
 from ..names import BLOCKS_PER_GROUP, SK_RATIO, EncoderSpec, parse_model_name
-from ..record import Record, versions
+from ..record import IMPORTED, Record, versions
 from .tf_bundle import BundleFormatError, CheckpointReader, open_checkpoint
 from .tf_layouts import EMA_PREFIX, Entry, Layout, detect_layout, model_entries, tf_shape, to_torch
 
@@ -328,7 +328,7 @@ def imported_payload(config: dict[str, Any], model: nn.Module, num_classes: int,
                      report: ImportReport) -> dict[str, Any]:
     """The checkpoint payload (what ``save_checkpoint`` writes) of an imported model: its record
     (the official image size, 224, or 32 for the CIFAR stem) and how the import read the files."""
-    record = Record("import", config, 32 if config["small_images"] else 224,
+    record = Record(IMPORTED, config, 32 if config["small_images"] else 224,
                     [str(i) for i in range(num_classes)] if num_classes else None, str(report.source),
                     config={"format": report.format, "reader": report.reader, "ema": report.ema,
                             "report": report.as_dict()}, versions=versions())

@@ -23,74 +23,37 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from .. import distributed as dist_utils
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import StageConfig, resumable_changes, save_yaml, to_dict, with_absolute_paths
+from ..config import StageConfig, save_yaml, to_dict, with_absolute_paths
 from ..data.loader import Batch, Loader
 from ..distributed import Runtime
 from ..errors import UserError
-from ..optim import build_optimizer, scale_learning_rate, warmup_cosine_schedule
-from ..record import Record, versions
+from ..optim import build_optimizer
+from ..record import versions
+from ..results import METRICS_FILE
+from .checkpointing import Progress, check_resumable, resume_checkpoint, save_final, training_payload
 from .display import Display
 from .memory_estimate import GIB, check_memory
-from .placement import autocast, autocast_dtype
-from .run_folder import MODEL_FILE, MetricsLog, RunFolder
-from .stage import Build, Parts, TrainStep
+from .placement import autocast
+from .recalibration import recalibrate_bn
+from .run_folder import MetricsLog, RunFolder
+from .schedule import make_schedule, recipe_warnings
+from .signals import Preempted, StopSignals
+from .stage import Build, Parts, StepSettings, TrainStep
 
 log = logging.getLogger("simclrv2")
 
 
-class Preempted(Exception):
-    """Training stopped on a signal (after writing a checkpoint, once it had started); exit 128 + signal."""
-
-    def __init__(self, signum: int, checkpoint: Path | None):
-        where = f"checkpoint {checkpoint}" if checkpoint else "before training started; nothing was written"
-        super().__init__(f"stopped by {signal.Signals(signum).name}; {where}")
-        self.exit_code = 128 + signum
-        self.checkpoint = checkpoint
-
-
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
-
-
-class StopSignals:
-    """SIGTERM/SIGINT: raise at once until ``defer()``, then a flag read at step boundaries."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.deferred = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def defer(self) -> None:
-        self.deferred = True
-
-    def _handle(self, signum, frame) -> None:
-        if not self.deferred:
-            raise Preempted(signum, None)
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the step boundary
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -122,47 +85,6 @@ def drawn_ahead(batches: Iterator[Batch], views: Callable[[Batch, int], torch.Te
             batch = next(batches, None)
             pending = pool.submit(draw, batch, step) if batch is not None else None
             yield ready
-
-
-def make_schedule(cfg: StageConfig, steps_per_epoch: int) -> np.ndarray:
-    """Per-step learning rates: scaled peak, linear warmup, cosine decay to 0."""
-    peak = scale_learning_rate(cfg.lr, cfg.batch_size, cfg.lr_scaling)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    return warmup_cosine_schedule(peak, steps_per_epoch * cfg.epochs, warmup)
-
-
-BN_MIN_IMAGES = 16  # per forward pass: fewer make batch-norm statistics noisy
-
-
-def recipe_warnings(cfg: StageConfig, stage: str, world_size: int) -> list[str]:
-    """Settings that run but usually give a poor model, each with its fix (logged as warnings)."""
-    found = []
-    if 0 < cfg.epochs <= cfg.warmup_epochs:
-        found.append(f"--epochs {cfg.epochs} <= --warmup-epochs {cfg.warmup_epochs:g}: the run ends while the learning "
-                     "rate is still rising, which usually leaves a poorly trained model; train longer or lower "
-                     f"--warmup-epochs (e.g. {max(cfg.epochs // 10, 0)})")
-    per_pass = cfg.micro_batch or cfg.batch_size // max(world_size, 1)
-    if per_pass < BN_MIN_IMAGES:
-        found.append(f"batch norm sees {per_pass} images per forward pass (the paper: 4096 over 32-128 devices, "
-                     f">= 32 each): its statistics are noisy; use a larger --batch-size"
-                     + (" or --micro-batch" if cfg.micro_batch else "")
-                     + (" (with few labels every labeled image is already in the batch)" if stage != "pretrain"
-                        else ""))
-    if stage == "pretrain" and cfg.batch_size < 128 and not cfg.memory:
-        found.append(f"--batch-size {cfg.batch_size}: NT-Xent sees {2 * cfg.batch_size - 2} negatives per image "
-                     "(the paper: 8190); use a larger batch (--micro-batch keeps the memory of a small one) or "
-                     "a memory queue (--memory)")
-    return found
-
-
-@dataclass
-class Progress:
-    """How far a run is; saved in every checkpoint."""
-
-    step: int = 0
-    total_steps: int = 0
-    skipped_steps: int = 0
-    train_seconds: float = 0.0
 
 
 class Window:
@@ -200,16 +122,16 @@ class Engine:
             if "peak_lr" in group:
                 group["lr_scale"] = group["peak_lr"] / max(peak, 1e-12)
         if runtime.is_main:
-            for warning in recipe_warnings(cfg, parts.record.stage, runtime.world_size):
+            for warning in recipe_warnings(cfg, runtime.world_size, parts.labeled is not None) + parts.warnings:
                 log.warning("%s", warning)
-        self.autocast = autocast_dtype(cfg.precision, runtime.device)
+        self.autocast = self.step.settings.precision
         saved = with_absolute_paths(cfg)  # what config.yaml and the record say: valid from any folder
         # (the stage's record may already say which annotation file labels the held-out images)
         held_out = dataclasses.replace(parts.record.held_out, data=saved.data, eval_data=saved.eval_data,
                                        holdout=saved.holdout, seed=saved.seed)
         self.record = dataclasses.replace(parts.record, held_out=held_out, config=to_dict(saved), versions=versions())
         self.bad_steps = torch.zeros((), device=runtime.device)
-        self.metrics = MetricsLog(folder.path / "metrics.jsonl", runtime.is_main, cfg.tensorboard)
+        self.metrics = MetricsLog(folder.path / METRICS_FILE, runtime.is_main, cfg.tensorboard)
         self.display = Display(self.record.stage, self.progress.total_steps, 0, runtime.is_main, bar=False)
 
     @property
@@ -236,7 +158,7 @@ class Engine:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         generator = step_generator(self.cfg.seed, p.step, self.runtime.rank, self.runtime.device)
         with autocast(self.runtime.device, self.autocast):
-            loss, logs = self.step(batch, generator)
+            loss, logs = self.step(batch, generator, p.step)
         applied = self._update(loss)
         p.step += 1
         return loss, ({"loss": loss.detach().float(), **logs} if applied else {})
@@ -310,39 +232,11 @@ class Engine:
         if self.runtime.device.type == "cuda":  # beside the estimate made before training (memory_estimate_gib)
             result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.runtime.device) / GIB, 3)
         if self.parts.recalibration_images is not None and p.total_steps:
-            result["bn_recalibration_images"] = self.recalibrate_bn()
+            result["bn_recalibration_images"] = recalibrate_bn(self.step, self.parts.recalibration_images, cfg,
+                                                               self.runtime, self.record.stage)
         result.update(self._evaluate("eval"))
         self.metrics.close()
         return result
-
-    def recalibrate_bn(self) -> int:
-        """Replace the BN moving averages by the mean batch statistics of training views (the step's own
-        augmentation, as PreciseBN) of up to ``cfg.recalibrate_bn`` training images
-        (``models.batchnorm.recalibrate``); returns how many images.
-
-        Every process takes an equal share, in batches of its training batch, so that global batch norm
-        sees batches like those it trained on and all processes run the same number of batches."""
-        from ..models.batchnorm import recalibrate
-
-        cfg, runtime = self.cfg, self.runtime
-        images = self.parts.recalibration_images
-        count = min(len(images), cfg.recalibrate_bn) // runtime.world_size * runtime.world_size
-        if count < runtime.world_size:
-            return 0
-        chosen = np.sort(np.random.default_rng([5, cfg.seed]).permutation(len(images))[:count])
-        share = count // runtime.world_size
-        mine = images.subset(chosen[runtime.rank * share:(runtime.rank + 1) * share])
-        batch = max(1, min(cfg.micro_batch or cfg.batch_size // runtime.world_size, share))
-        alone = Runtime(0, 1, runtime.local_rank, runtime.device)
-        loader = Loader(mine, "train", cfg.resolved_load_size(), batch, alone, seed=cfg.seed, shuffle=False,
-                        drop_last=False, workers=cfg.workers, cache="off", strict=cfg.strict_data)
-        generator = torch.Generator(device=runtime.device).manual_seed(cfg.seed + 7919 * (runtime.rank + 1))
-        started = time.perf_counter()
-        n = recalibrate(self.parts.model, (self.step.views(b, generator) for b in loader.epoch(0)))
-        self.step.train()
-        log.info("%s: batch-norm statistics re-estimated on %d images (%d batches, %.1f s)", self.record.stage,
-                 count, n, time.perf_counter() - started)
-        return count
 
     def _log(self, window: Window) -> None:
         if self.cfg.on_nan == "stop":
@@ -405,11 +299,7 @@ class Engine:
         path = None
         if self.runtime.is_main:
             checkpoints = self.folder.checkpoints
-            payload = {
-                "record": self.record.to_data(), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "state": self.step.state_dict(),
-                "progress": dataclasses.asdict(self.progress), "rng": {"torch": torch.get_rng_state()},
-            }
+            payload = training_payload(self.record, self.model, self.optimizer, self.step.state_dict(), self.progress)
             if background:
                 path = checkpoints.save_in_background(payload, self.progress.step)
             else:
@@ -419,26 +309,8 @@ class Engine:
         return path
 
     def restore(self, path: Path, payload: dict[str, Any]) -> None:
-        """Continue from a checkpoint of this very run: same stage, model, steps and settings."""
-        record = Record.from_payload(payload, str(path))
-        if record.stage != self.record.stage:
-            raise UserError(f"checkpoint {path} is from stage '{record.stage}', not '{self.record.stage}': "
-                            "resume with a checkpoint of this stage")
-        if record.model_config != self.record.model_config:
-            raise UserError(f"checkpoint {path} holds a different model ({record.encoder}) than this run "
-                            f"({self.record.encoder}): use the same settings to resume")
-        if "progress" not in payload:
-            raise UserError(f"checkpoint {path} is not a training checkpoint of this simclrv2 version: "
-                            "it cannot be resumed; start the run again with --overwrite")
-        if payload["progress"]["total_steps"] != self.progress.total_steps:
-            raise UserError(f"checkpoint {path} was for {payload['progress']['total_steps']} steps, this run has "
-                            f"{self.progress.total_steps}: resume with the same --epochs, --batch-size and data")
-        free = resumable_changes(type(self.cfg))
-        changed = [f"{key} {record.config[key]!r} -> {value!r}" for key, value in self.record.config.items()
-                   if key not in free and key in record.config and record.config[key] != value]
-        if changed:
-            raise UserError(f"checkpoint {path} was trained with other settings ({'; '.join(changed)}): resume "
-                            "with the checkpoint's settings, or start again with --overwrite")
+        """Continue from a checkpoint of this very run (``checkpointing.check_resumable``)."""
+        check_resumable(path, payload, self.record, self.progress, type(self.cfg))
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step.load_state_dict(payload["state"])
@@ -449,26 +321,12 @@ class Engine:
         log.info("resumed from %s at step %d of %d", path, self.progress.step, self.progress.total_steps)
 
     def save_final(self, result: dict[str, Any]) -> Path:
-        """model.pt (weights and record, no optimizer), then result.json, the 'finished' marker."""
-        path = self.folder.path / MODEL_FILE
+        """model.pt and result.json (main process; ``checkpointing.save_final``)."""
+        path = self.folder.path / "model.pt"
         if self.runtime.is_main:
-            save_checkpoint({"record": self.record.to_data(), "model": self.model.state_dict(),
-                             "result": result}, path)
-            self.folder.write_result({"stage": self.record.stage, **result})
+            path = save_final(self.folder, self.record, self.model, result)
         dist_utils.barrier()
         return path
-
-
-def _resume_checkpoint(folder: RunFolder, resume: str | None) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint ``--resume`` names, read before anything is built (a bad file fails first)."""
-    if not resume:
-        return None
-    if resume != "auto":
-        return Path(resume), load_checkpoint(resume, map_location="cpu")
-    found = folder.checkpoints.latest(map_location="cpu")
-    if found is None:
-        log.info("no checkpoint in %s: starting from the beginning", folder.checkpoints.directory)
-    return found
 
 
 def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
@@ -481,7 +339,7 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
     folder = RunFolder(cfg.out, cfg.keep_checkpoints)
     with StopSignals() as stop:
         folder.check(cfg.resume, cfg.overwrite)
-        resume = None if cfg.overwrite else _resume_checkpoint(folder, cfg.resume)
+        resume = None if cfg.overwrite else resume_checkpoint(folder, cfg.resume)
         dist_utils.barrier()  # every process has checked the folder before the main one locks it
         if runtime.is_main:
             folder.claim()
@@ -489,7 +347,9 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
         failed = True
         try:
             torch.manual_seed(cfg.seed)
-            parts = build(cfg, runtime)
+            parts = build(cfg, runtime, StepSettings.of(cfg, runtime))
+            # the step's settings, from the config as the stage resolved it (its batch may be capped)
+            parts.step.settings = StepSettings.of(parts.cfg, runtime)
             engine = Engine(parts, runtime, folder, stop)
             estimate = check_memory(engine) if cfg.check_memory else None
             if resume is not None:
@@ -510,3 +370,12 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
             if runtime.is_main:
                 folder.release(failed)
     return result
+
+
+def train(cfg: StageConfig) -> dict[str, Any]:
+    """Train the registered stage whose config ``cfg`` is (``simclrv2.stages``) in ``cfg.out``; the result (also
+    in OUT/result.json). The Python API's one call: ``train(from_mapping(PretrainConfig, {...}))``."""
+    from ..config import validate
+    from ..stages import stage_of_config
+
+    return run(validate(cfg), stage_of_config(cfg).build)

@@ -37,6 +37,7 @@ from ..distributed import unwrap
 from ..errors import UserError
 from ..optim import build_optimizer
 from .placement import autocast
+from .stage import TrainStep
 
 log = logging.getLogger("simclrv2")
 
@@ -75,12 +76,14 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def _fake_twin(step: Any, mode: FakeTensorMode) -> tuple[Any, dict[int, torch.Tensor]]:
-    """A shallow copy of ``step`` whose modules are copies with fake tensors (DDP and compile wrappers
-    replaced by the module inside); the map from each real parameter and buffer to its fake."""
+def _fake_twin(step: TrainStep, mode: FakeTensorMode,
+               micro_batch: int | None) -> tuple[TrainStep, dict[int, torch.Tensor]]:
+    """A copy of ``step`` (``TrainStep.replaced``) whose modules (``TrainStep.modules``) are copies with fake
+    tensors (DDP and compile wrappers replaced by the module inside), with ``micro_batch`` if given; the map
+    from each real parameter and buffer to its fake."""
     memo: dict[int, Any] = {}
     fakes: dict[int, torch.Tensor] = {}
-    modules = {name: value for name, value in vars(step).items() if isinstance(value, nn.Module)}
+    modules = step.modules()
     for module in modules.values():
         for tensor in [*module.parameters(), *module.buffers()]:
             if id(tensor) not in fakes:
@@ -88,16 +91,16 @@ def _fake_twin(step: Any, mode: FakeTensorMode) -> tuple[Any, dict[int, torch.Te
                 if isinstance(tensor, nn.Parameter):
                     fake = nn.Parameter(fake, requires_grad=tensor.requires_grad)
                 fakes[id(tensor)] = memo[id(tensor)] = fake
-    twin = copy.copy(step)
+    copies = {}
     for name, module in modules.items():
         inner = unwrap(module)
         if id(inner) not in memo:
             copy.deepcopy(inner, memo)  # copies the Python structure; tensors come from the memo
-        setattr(twin, name, memo[id(inner)])
-    return twin, fakes
+        copies[name] = memo[id(inner)]
+    return step.replaced(copies, micro_batch), fakes
 
 
-def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str, momentum: float, batch_images: int,
+def trace_peak(step: TrainStep, optimizer: torch.optim.Optimizer, optimizer_name: str, momentum: float, batch_images: int,
                load_size: int, device: torch.device, precision: torch.dtype | None,
                micro_batch: int | None = None) -> tuple[int, int]:
     """(peak, resident) bytes of a training step of ``step`` on a batch of ``batch_images`` uint8 images of
@@ -109,9 +112,7 @@ def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str,
     during every later step's forward and backward pass: the peak is the larger of the first step's and
     (its forward-backward peak + what it left behind)."""
     mode = FakeTensorMode()
-    twin, fakes = _fake_twin(step, mode)
-    if micro_batch is not None:
-        twin.micro_batch = micro_batch
+    twin, fakes = _fake_twin(step, mode, micro_batch)
     groups = [{**group, "params": [fakes[id(p)] for p in group["params"]]} for group in optimizer.param_groups]
     counter = LiveBytes()
     with mode:
@@ -126,7 +127,7 @@ def trace_peak(step: Any, optimizer: torch.optim.Optimizer, optimizer_name: str,
                           torch.arange(n))
             before = counter.live
             with autocast(device, precision):
-                loss, logs = twin(batch, torch.Generator(device=device))
+                loss, logs = twin(batch, torch.Generator(device=device), 0)
             if not twin.computes_gradients:
                 loss.backward()
             forward_backward = counter.peak
@@ -192,7 +193,7 @@ def estimate_step(engine: Any, images: int | None = None) -> MemoryEstimate:
     the run's)."""
     cfg, runtime, step = engine.cfg, engine.runtime, engine.step
     per_process = cfg.batch_size // runtime.world_size
-    micro = getattr(step, "micro_batch", None)
+    micro = step.micro_batch
     knob = "--micro-batch" if micro is not None else "--batch-size"
     current = micro if micro is not None else per_process
     images = images or current

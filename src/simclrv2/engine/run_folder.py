@@ -24,6 +24,7 @@ from typing import Any
 
 from ..checkpoint import CheckpointManager, atomic_write_bytes, list_checkpoints
 from ..errors import UserError
+from ..results import METRICS_FILE, RESULT_FILE, parse_line
 
 try:
     import fcntl
@@ -32,11 +33,10 @@ except ImportError:  # Windows: no advisory locks; runs are not guarded against 
 
 log = logging.getLogger("simclrv2")
 
-RESULT_FILE = "result.json"
 MODEL_FILE = "model.pt"
 LOCK_FILE = ".lock"
 # What a run writes at the top of its folder; --overwrite removes these and nothing else.
-RUN_FILES = (RESULT_FILE, MODEL_FILE, MODEL_FILE + ".sha256", "metrics.jsonl", "tensorboard", "checkpoints",
+RUN_FILES = (RESULT_FILE, MODEL_FILE, MODEL_FILE + ".sha256", METRICS_FILE, "tensorboard", "checkpoints",
              "config.yaml", "labeled.txt",
              # `simclrv2 report` of the folder: stale once the run is replaced
              "report.md", "training_curves.png", "confusion_matrix.png", "embedding_tsne.png", "evaluation")
@@ -128,12 +128,6 @@ class RunFolder:
             elif target.exists():
                 target.unlink()
 
-    def write_result(self, result: dict[str, Any]) -> None:
-        atomic_write_bytes(self.path / RESULT_FILE, json.dumps(result, indent=2).encode())
-
-    def read_result(self) -> dict[str, Any]:
-        return json.loads((self.path / RESULT_FILE).read_text())
-
 
 class MetricsLog:
     """Metrics as JSON lines (and TensorBoard), written by the main process only.
@@ -161,8 +155,9 @@ class MetricsLog:
         """Drop the records after ``step`` (written after the checkpoint a run resumes from)."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        # (a kill may have left a partial last line: it is dropped with the records past the checkpoint)
+        kept = [line for line in self.path.read_text(errors="replace").splitlines()
+                if (record := parse_line(line)) is not None and record.get("step", 0) <= step]
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:

@@ -1,13 +1,17 @@
-"""What a stage declares: its config, a ``build`` that returns its ``Parts``, and a step class.
+"""The contract between a stage and the engine: ``build(cfg, runtime, settings) -> Parts``, whose
+``step`` is a ``TrainStep``.
 
-A stage module (``simclrv2.stages.*``) is a config dataclass (``StageConfig`` plus its own
-options), a step class (one training step: batch in, loss out) and ``build(cfg, runtime) ->
-Parts``. Everything else — run folder, data loading, optimizer, schedule, checkpoints, resume,
-signals, held-out evaluation, the final save — is the engine's (``simclrv2.engine.loop``).
+A stage module (``simclrv2.stages.*``) declares its config (``StageConfig`` plus its own options), a
+step class (one training step: batch in, loss out) and ``build``. Everything else — run folder, data
+loading, optimizer, schedule, checkpoints, resume, signals, held-out evaluation, the final save, the
+memory check — is the engine's (``simclrv2.engine.loop``), which reaches the step only through the
+names declared here.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -17,24 +21,66 @@ from torch import nn
 from ..config import StageConfig
 from ..data import ImageSet
 from ..data.loader import Batch
-from ..data.splits import LabeledSplits
+from ..data.splits import LabeledSplits, micro_batch_size
 from ..distributed import Runtime
 from ..record import Record
+from .placement import autocast_dtype, input_layout, use_channels_last
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What every training step needs and the engine decides, from the config and the device.
+
+    Args:
+        channels_last: the network and its inputs are in channels-last memory format.
+        micro_batch: images per forward pass on each process (``--micro-batch``); None: the process's
+            whole share of the batch in one pass.
+        precision: the autocast dtype of the step (None: fp32); the engine enters the region.
+    """
+
+    channels_last: bool = False
+    micro_batch: Optional[int] = None
+    precision: Optional[torch.dtype] = None
+
+    @classmethod
+    def of(cls, cfg: StageConfig, runtime: Runtime) -> "StepSettings":
+        return cls(use_channels_last(cfg.channels_last, runtime.device),
+                   micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size),
+                   autocast_dtype(cfg.precision, runtime.device))
 
 
 class TrainStep:
-    """One training step of a stage: ``step(batch, generator) -> (loss, logs)``.
+    """One training step of a stage. The engine calls, in this order:
 
-    The engine calls it under autocast, then does backward and the optimizer step, then calls
-    ``after_update``. ``logs`` are device tensors (read only at logging steps, so no host sync).
-    A step owns its state (a memory queue, a momentum encoder) and the train/eval modes of its
-    modules: ``train()`` is called before the first step and after every evaluation.
+    - ``train()`` before the first step and after every held-out evaluation (the step owns the
+      train/eval modes of its modules);
+    - per step ``index`` (0, 1, ...): ``step(batch, generator, index) -> (loss, logs)`` under the
+      autocast of ``settings.precision``; then, unless ``computes_gradients``, ``loss.backward()``; the
+      optimizer step; then ``after_update()`` (momentum-encoder updates). ``generator`` is the step's
+      own random stream (the same on resume); ``logs`` are device tensors, read only at logging
+      steps (no host sync);
+    - ``state_dict()`` / ``load_state_dict()``: what to checkpoint beside the model and optimizer.
+
+    What the engine, the memory estimate and the benchmarks read, by name: ``model`` (the plain
+    network, saved), ``net`` (the network the step calls: ``model`` wrapped by DDP or compile),
+    ``settings`` (channels-last, micro-batch, precision) and ``modules()`` (every module the step
+    holds, for the memory estimate's data-free twin).
     """
 
-    model: nn.Module
-    computes_gradients = False  # True: the step back-propagates itself (micro-batches); the engine does not
+    def __init__(self, model: nn.Module, net: nn.Module, settings: StepSettings):
+        self.model, self.net, self.settings = model, net, settings
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @property
+    def micro_batch(self) -> Optional[int]:
+        return self.settings.micro_batch
+
+    @property
+    def computes_gradients(self) -> bool:
+        """True: the step back-propagates itself (micro-batches) and the engine does not."""
+        return self.settings.micro_batch is not None
+
+    def __call__(self, batch: Batch, generator: torch.Generator,
+                 index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
@@ -46,6 +92,10 @@ class TrainStep:
     def inputs(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """``batch.views`` when the engine drew them ahead, else ``views(batch, generator)``."""
         return batch.views if batch.views is not None else self.views(batch, generator)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory format of the network (``settings.channels_last``)."""
+        return input_layout(x, self.settings.channels_last)
 
     def train(self) -> None:
         self.model.train()
@@ -59,6 +109,21 @@ class TrainStep:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    # -- what the memory estimate uses ---------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module the step holds, by attribute name (a step holding more extends this)."""
+        return {"model": self.model, "net": self.net}
+
+    def replaced(self, modules: dict[str, nn.Module], micro_batch: Optional[int] = None) -> "TrainStep":
+        """A shallow copy holding ``modules`` instead (names from ``modules()``) and, if given, another
+        micro-batch; ``self`` is unchanged."""
+        twin = copy.copy(self)
+        for name, module in modules.items():
+            setattr(twin, name, module)
+        if micro_batch is not None:
+            twin.settings = dataclasses.replace(self.settings, micro_batch=micro_batch)
+        return twin
 
 
 @dataclass
@@ -80,8 +145,11 @@ class Parts:
         evaluate_everywhere: ``evaluate`` runs on every process (each embedding its share of the images);
             the main process's metrics are the ones logged.
         labeled: the labeled subset, written to OUT/labeled.txt.
-        recalibration_images: images whose evaluation views re-estimate the batch-norm statistics after
+        result: facts for result.json (labeled images, ...).
+        recalibration_images: images whose training views re-estimate the batch-norm statistics after
             the last step (``models.batchnorm.recalibrate``); None: keep the moving averages.
+        warnings: settings of this stage that run but usually train badly, each with its fix (logged
+            when the run starts, after the engine's own: ``engine.schedule.recipe_warnings``).
     """
 
     cfg: StageConfig
@@ -94,8 +162,9 @@ class Parts:
     eval_every: int = 0
     evaluate_everywhere: bool = False
     labeled: Optional[LabeledSplits] = None
-    result: dict[str, Any] = field(default_factory=dict)  # facts for result.json (labeled images, ...)
+    result: dict[str, Any] = field(default_factory=dict)
     recalibration_images: Optional[ImageSet] = None
+    warnings: list[str] = field(default_factory=list)
 
 
-Build = Callable[[Any, Runtime], Parts]
+Build = Callable[[Any, Runtime, StepSettings], Parts]

@@ -26,7 +26,7 @@ from torch import nn
 from ..augment import AugmentConfig, SimCLRAugment
 from ..data import ImageSet
 from ..data.loader import Batch
-from ..data.splits import annotated_held_out, micro_batch_size, open_labeled_splits, open_splits
+from ..data.splits import annotated_held_out, open_labeled_splits, open_splits
 from ..distributed import Runtime
 from ..errors import UserError
 from ..losses import at_least_float32, distillation_loss, teacher_entropy
@@ -34,10 +34,10 @@ from ..models import build_model, classifier_config, count_parameters
 from ..models.checkpoints import load_classifier, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
-from ..engine.placement import input_layout, prepare_model, use_channels_last
-from ..engine.stage import Parts, TrainStep
+from ..engine.placement import prepare_model
+from ..engine.stage import Parts, StepSettings, TrainStep
+from .common import accumulate, holdout_evaluation
 from .configs import DistillConfig
-from .finetune import accumulate, holdout_evaluation
 
 log = logging.getLogger("simclrv2")
 
@@ -46,11 +46,12 @@ class DistillStep(TrainStep):
     """The student learns the fixed teacher's softened predictions on the same augmented view."""
 
     def __init__(self, model: nn.Module, net: nn.Module, teacher: nn.Module, augment: SimCLRAugment,
-                 temperature: float, alpha: float = 1.0, channels_last: bool = False, micro_batch: int | None = None):
-        self.model, self.net, self.teacher, self.augment = model, net, teacher, augment
-        self.temperature, self.alpha, self.channels_last = temperature, alpha, channels_last
-        self.micro_batch = micro_batch  # gradient accumulation, as ClassifierStep's
-        self.computes_gradients = micro_batch is not None
+                 temperature: float, alpha: float, settings: StepSettings):
+        super().__init__(model, net, settings)  # micro-batches: gradient accumulation, as ClassifierStep's
+        self.teacher, self.augment, self.temperature, self.alpha = teacher, augment, temperature, alpha
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), "teacher": self.teacher}
 
     def train(self) -> None:
         self.model.train()
@@ -58,9 +59,10 @@ class DistillStep(TrainStep):
 
     def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """The augmented views the network trains on."""
-        return input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
+        return self.layout(self.augment(batch.images, batch.aspect, generator))
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, batch: Batch, generator: torch.Generator,
+                 index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return accumulate(self, self.inputs(batch, generator), batch)
 
     def loss(self, x: torch.Tensor, batch: Batch, rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -113,13 +115,13 @@ def training_images(cfg: DistillConfig, names: list[str]) -> tuple[ImageSet, Ima
     return train, holdout
 
 
-def build(cfg: DistillConfig, runtime: Runtime) -> Parts:
+def build(cfg: DistillConfig, runtime: Runtime, settings: StepSettings) -> Parts:
     teacher, teacher_record = load_classifier(cfg.teacher)
-    return distill_parts(cfg, runtime, teacher, teacher_record)
+    return distill_parts(cfg, runtime, settings, teacher, teacher_record)
 
 
-def distill_parts(cfg: DistillConfig, runtime: Runtime, teacher: nn.Module, teacher_record: Record,
-                  images: tuple[ImageSet, ImageSet | None] | None = None) -> Parts:
+def distill_parts(cfg: DistillConfig, runtime: Runtime, settings: StepSettings, teacher: nn.Module,
+                  teacher_record: Record, images: tuple[ImageSet, ImageSet | None] | None = None) -> Parts:
     """The student of ``teacher`` learning on ``images`` (training, held-out; default: from ``cfg``)."""
     names = teacher_record.named_classes()
     student_name = cfg.student or teacher_record.encoder
@@ -143,21 +145,19 @@ def distill_parts(cfg: DistillConfig, runtime: Runtime, teacher: nn.Module, teac
         transplant(student, student_init)
     log.info("distilling %s (teacher, tau %g) into %s (%.2fM parameters) on %d images", teacher_record.encoder,
              tau, student_name, count_parameters(student) / 1e6, len(train))
-    channels_last = use_channels_last(cfg.channels_last, runtime.device)
     teacher = teacher.to(runtime.device).eval()
-    if channels_last:  # the views come in channels-last: the teacher's weights in the same layout
+    if settings.channels_last:  # the views come in channels-last: the teacher's weights in the same layout
         teacher = teacher.to(memory_format=torch.channels_last)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student, net = prepare_model(student, cfg, runtime, cfg.global_bn)
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
-    step = DistillStep(student, net, teacher, augment, tau, cfg.alpha, channels_last,
-                       micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
+    step = DistillStep(student, net, teacher, augment, tau, cfg.alpha, settings)
 
     evaluate = None
     if holdout is not None:
-        of_student = holdout_evaluation(student, holdout, names, cfg, runtime)
-        of_teacher = holdout_evaluation(teacher, holdout, names, cfg, runtime, prefix="teacher_holdout")
+        of_student = holdout_evaluation(student, holdout, names, cfg, runtime, settings)
+        of_teacher = holdout_evaluation(teacher, holdout, names, cfg, runtime, settings, prefix="teacher_holdout")
 
         def evaluate() -> dict[str, Any]:
             return {**of_student(), **of_teacher()}

@@ -17,29 +17,24 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..augment import AugmentConfig, SimCLRAugment
 from ..checkpoint import atomic_write_bytes
-from ..config import StageConfig
 from ..data import ImageSet, holdout_split
-from ..data.loader import Batch
-from ..data.splits import LabeledSplits, annotated_held_out, capped_batch, micro_batch_size, open_labeled_splits
-from ..distributed import Runtime, no_sync
+from ..data.splits import LabeledSplits, annotated_held_out, capped_batch, open_labeled_splits
+from ..distributed import Runtime
 from ..errors import UserError
-from ..losses import at_least_float32
-from ..metrics import classification_metrics, predict_logits
 from ..models import build_model, classifier_config, count_parameters, parse_model_name
 from ..models.checkpoints import Trained, check_same_encoder, classifier_from, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
-from ..engine.placement import autocast_dtype, input_layout, prepare_model, use_channels_last
-from ..engine.stage import Parts, TrainStep
+from ..results import read_result
+from ..engine.placement import prepare_model
+from ..engine.stage import Parts, StepSettings
+from .common import ClassifierStep, holdout_evaluation
 from .configs import FinetuneConfig
 
 log = logging.getLogger("simclrv2")
@@ -60,68 +55,6 @@ def default_finetune_lr(model: str) -> float:
     return 0.002 if (spec.width > 1 or spec.sk) else 0.005
 
 
-class ClassifierStep(TrainStep):
-    """Cross-entropy of an augmented view (crop + flip) on the labels: fine-tuning, linear evaluation.
-
-    ``micro_batch`` M: the batch goes through M images at a time, each back-propagating its share
-    of the batch's mean loss (gradient accumulation: exact for this per-image loss, up to batch
-    norm, which normalises each micro-batch with its own statistics).
-    """
-
-    def __init__(self, model: nn.Module, net: nn.Module, augment: SimCLRAugment, channels_last: bool = False,
-                 micro_batch: int | None = None):
-        self.model, self.net, self.augment, self.channels_last = model, net, augment, channels_last
-        self.micro_batch = micro_batch
-        self.computes_gradients = micro_batch is not None
-
-    def loss(self, x: torch.Tensor, batch: Batch, rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The mean loss of the images ``rows`` of the batch."""
-        logits = self.net(x[rows])
-        labels = batch.labels[rows]
-        return F.cross_entropy(at_least_float32(logits), labels), {"train_top1": (logits.argmax(1) == labels).float().mean()}
-
-    def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
-        """The augmented views the network trains on."""
-        return input_layout(self.augment(batch.images, batch.aspect, generator), self.channels_last)
-
-    def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return accumulate(self, self.inputs(batch, generator), batch)
-
-
-def accumulate(step, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``step.loss`` of the whole batch at once, or the mean of its micro-batches' losses, each
-    back-propagated as it is computed (DDP all-reduces after the last)."""
-    n, m = x.shape[0], step.micro_batch
-    if m is None:
-        return step.loss(x, batch, slice(0, n))
-    total, sums = 0.0, {}
-    for start in range(0, n, m):
-        with no_sync(step.net, last=start + m >= n):
-            loss, logs = step.loss(x, batch, slice(start, start + m))
-            (loss * (m / n)).backward()
-        total = total + loss.detach() * (m / n)
-        sums = {k: sums.get(k, 0) + v.detach() * (m / n) for k, v in logs.items()}
-    return total, sums
-
-
-def holdout_evaluation(model: nn.Module, holdout: ImageSet | None, names: list[str], cfg: StageConfig,
-                       runtime: Runtime, prefix: str = "holdout"):
-    """The held-out top-1/top-5 of a classifier (``PREFIX_top1``, ``PREFIX_top5``), as a
-    Parts.evaluate (None without held-out images)."""
-    if holdout is None:
-        return None
-
-    precision = autocast_dtype(cfg.precision, runtime.device)  # the training precision
-
-    def evaluate() -> dict[str, Any]:
-        logits, labels = predict_logits(model, holdout, cfg.image_size, runtime, 256, cfg.workers, cfg.cache,
-                                        cfg.strict_data, precision)
-        metrics = classification_metrics(logits, labels, names)
-        return {f"{prefix}_top1": metrics["top1"], f"{prefix}_top5": metrics["top5"]}
-
-    return evaluate
-
-
 def resolve(cfg: FinetuneConfig, source: Trained | None, labeled: int, pool: int, world_size: int = 1) -> FinetuneConfig:
     """Fill in the defaults that depend on the checkpoint and the data (``labeled`` of ``pool``
     training images carry the labels used)."""
@@ -137,8 +70,8 @@ def resolve(cfg: FinetuneConfig, source: Trained | None, labeled: int, pool: int
                                head_layer=head_layer)
 
 
-def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, labeled: ImageSet, holdout: ImageSet | None,
-                     source: Trained | None, head_layer: int) -> Parts:
+def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, settings: StepSettings, labeled: ImageSet,
+                     holdout: ImageSet | None, source: Trained | None, head_layer: int) -> Parts:
     """A classifier on hiddens[head_layer] of ``source`` (or from random weights) trained on ``labeled``."""
     names = labeled.class_names
     if source is None:
@@ -154,12 +87,11 @@ def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, labeled: ImageSet, h
              cfg.model, "random weights" if source is None else cfg.init, len(labeled), count_parameters(model) / 1e6)
     model, net = prepare_model(model, cfg, runtime, cfg.global_bn)
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
-    step = ClassifierStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device),
-                          micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
+    step = ClassifierStep(model, net, augment, settings)
     record = Record("finetune" if source is not None else "supervised", model_config, cfg.image_size, names,
                     cfg.init if source is not None else None, annotated_held_out(cfg.labels))
     return Parts(cfg, record, model, step, labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
-                 holdout_evaluation(model, holdout, names, cfg, runtime), cfg.eval_every,
+                 holdout_evaluation(model, holdout, names, cfg, runtime, settings), cfg.eval_every,
                  result={"head_layer": head_layer, "labeled_images": len(labeled), "from": cfg.init,
                          "model": cfg.model})
 
@@ -180,12 +112,12 @@ def search_head_layer(cfg: FinetuneConfig, labeled: ImageSet, source: Trained) -
     for j in layers:
         sub = RunFolder(Path(cfg.out) / SEARCH_DIR / f"head_layer_{j}")
         if sub.finished and not cfg.overwrite:
-            result = sub.read_result()
+            result = read_result(sub.path)
         else:
             sub_cfg = dataclasses.replace(cfg, out=str(sub.path), batch_size=min(cfg.batch_size, len(fit_idx)),
                                           resume="auto" if sub.has_checkpoints() and not cfg.overwrite else None,
                                           head_layer=str(j))
-            result = run(sub_cfg, lambda c, rt, j=j: classifier_parts(c, rt, fit, score, source, j))
+            result = run(sub_cfg, lambda c, rt, st, j=j: classifier_parts(c, rt, st, fit, score, source, j))
         scores[str(j)] = float(result["holdout_top1"])
         log.info("head layer %d: %.4f top-1 on %d held-out labeled images", j, scores[str(j)], len(score_idx))
     best = max(layers, key=lambda j: (scores[str(j)], -abs(j - 1)))  # ties: closest to the paper's j = 1
@@ -194,7 +126,7 @@ def search_head_layer(cfg: FinetuneConfig, labeled: ImageSet, source: Trained) -
     return best
 
 
-def build(cfg: FinetuneConfig, runtime: Runtime) -> Parts:
+def build(cfg: FinetuneConfig, runtime: Runtime, settings: StepSettings) -> Parts:
     source = None
     if cfg.init != "scratch":
         source = read_trained(cfg.init)
@@ -206,7 +138,7 @@ def build(cfg: FinetuneConfig, runtime: Runtime) -> Parts:
         torch.manual_seed(cfg.seed)
     else:
         head_layer = int(cfg.head_layer)
-    parts = classifier_parts(cfg, runtime, splits.labeled, splits.holdout, source, head_layer)
+    parts = classifier_parts(cfg, runtime, settings, splits.labeled, splits.holdout, source, head_layer)
     parts.labeled = splits
     parts.recalibration_images = splits.training_images() if cfg.recalibrate_bn else None
     return parts

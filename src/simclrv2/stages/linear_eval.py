@@ -12,17 +12,17 @@ from __future__ import annotations
 import dataclasses
 
 from ..augment import AugmentConfig, SimCLRAugment
-from ..data.splits import capped_batch, micro_batch_size, open_labeled_splits
+from ..data.splits import capped_batch, open_labeled_splits
 from ..distributed import Runtime
 from ..errors import UserError
 from ..models import build_model
 from ..models.checkpoints import classifier_from, read_trained, transplant
 from ..optim import param_groups
 from ..record import Record
-from ..engine.placement import prepare_model, use_channels_last
-from ..engine.stage import Parts
+from ..engine.placement import prepare_model
+from ..engine.stage import Parts, StepSettings
+from .common import ClassifierStep, holdout_evaluation
 from .configs import LinearEvalConfig
-from .finetune import ClassifierStep, holdout_evaluation
 
 
 class LinearStep(ClassifierStep):
@@ -35,7 +35,7 @@ class LinearStep(ClassifierStep):
         self.model.head_layers.eval()
 
 
-def build(cfg: LinearEvalConfig, runtime: Runtime) -> Parts:
+def build(cfg: LinearEvalConfig, runtime: Runtime, settings: StepSettings) -> Parts:
     source = read_trained(cfg.init)
     if cfg.head_layer > source.record.head_layers - 1:
         raise UserError(f"--head-layer {cfg.head_layer} is beyond the projection head of {cfg.init} "
@@ -54,9 +54,8 @@ def build(cfg: LinearEvalConfig, runtime: Runtime) -> Parts:
             p.requires_grad_(False)
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
     model, net = prepare_model(model, cfg, runtime, global_bn=False)
-    step = LinearStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device),
-                      micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
+    step = LinearStep(model, net, augment, settings)
     record = Record("linear_eval", model_config, cfg.image_size, names, cfg.init)
     return Parts(cfg, record, model, step, splits.labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
-                 holdout_evaluation(model, splits.holdout, names, cfg, runtime), labeled=splits,
+                 holdout_evaluation(model, splits.holdout, names, cfg, runtime, settings), labeled=splits,
                  result={"head_layer": cfg.head_layer, "labeled_images": len(splits.labeled), "from": cfg.init})

@@ -21,7 +21,7 @@ from torch import nn
 from ..augment import SimCLRAugment
 from ..data import ImageSet
 from ..data.loader import Batch
-from ..data.splits import Splits, micro_batch_size, open_splits
+from ..data.splits import Splits, open_splits
 from ..distributed import Runtime, no_sync
 from ..errors import UserError
 from ..losses import NTXentLoss, at_least_float32
@@ -31,8 +31,8 @@ from ..models import build_model, contrastive_config, count_parameters
 from ..models.batchnorm import frozen_running_stats
 from ..optim import param_groups, scale_learning_rate
 from ..record import Record
-from ..engine.placement import autocast, autocast_dtype, input_layout, prepare_model, use_channels_last
-from ..engine.stage import Parts, TrainStep
+from ..engine.placement import autocast, prepare_model
+from ..engine.stage import Parts, StepSettings, TrainStep
 from .configs import PretrainConfig
 
 log = logging.getLogger("simclrv2")
@@ -62,16 +62,18 @@ class ContrastiveStep(TrainStep):
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, augment: SimCLRAugment, criterion: NTXentLoss,
-                 channels_last: bool = False, momentum: MomentumEncoder | None = None,
-                 queue: MemoryQueue | None = None, micro_batch: int | None = None):
-        self.model, self.net, self.augment, self.criterion = model, net, augment, criterion
-        self.channels_last = channels_last
+                 settings: StepSettings, momentum: MomentumEncoder | None = None, queue: MemoryQueue | None = None):
+        super().__init__(model, net, settings)
+        self.augment, self.criterion = augment, criterion
         self.momentum, self.queue = momentum, queue
-        self.micro_batch = micro_batch
-        self.computes_gradients = micro_batch is not None
         self._keys: torch.Tensor | None = None
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def modules(self) -> dict[str, nn.Module]:
+        extra = {"momentum": self.momentum, "queue": self.queue} if self.momentum is not None else {}
+        return {**super().modules(), **extra}
+
+    def __call__(self, batch: Batch, generator: torch.Generator,
+                 index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         queue = self.queue.keys if self.queue is not None else None
         if self.micro_batch is not None:
             return self._cached(batch, generator, queue)
@@ -95,8 +97,8 @@ class ContrastiveStep(TrainStep):
     def _views(self, batch: Batch, generator: torch.Generator, rows: slice) -> torch.Tensor:
         """Both augmented views of the images ``rows`` (view 1 of every image, then view 2)."""
         images, aspect = batch.images[rows], batch.aspect[rows]
-        return input_layout(torch.cat([self.augment(images, aspect, generator),
-                                       self.augment(images, aspect, generator)]), self.channels_last)
+        return self.layout(torch.cat([self.augment(images, aspect, generator),
+                                      self.augment(images, aspect, generator)]))
 
     def _cached(self, batch: Batch, generator: torch.Generator,
                 queue: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -157,11 +159,20 @@ def monitor_terms(logits: torch.Tensor, labels: torch.Tensor, count: torch.Tenso
     return (ce * known).sum() / count, ((logits.argmax(1) == labels) & known).sum() / count
 
 
-def build(cfg: PretrainConfig, runtime: Runtime) -> Parts:
-    return contrastive_parts(cfg, runtime, open_splits(cfg, labeled=False))
+def few_negatives(cfg: PretrainConfig) -> list[str]:
+    """The warning for a batch too small for NT-Xent's negatives (without a memory queue), if it applies."""
+    if cfg.batch_size >= 128 or cfg.memory:
+        return []
+    return [f"--batch-size {cfg.batch_size}: NT-Xent sees {2 * cfg.batch_size - 2} negatives per image "
+            "(the paper: 8190); use a larger batch (--micro-batch keeps the memory of a small one) or "
+            "a memory queue (--memory)"]
 
 
-def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> Parts:
+def build(cfg: PretrainConfig, runtime: Runtime, settings: StepSettings) -> Parts:
+    return contrastive_parts(cfg, runtime, settings, open_splits(cfg, labeled=False))
+
+
+def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, settings: StepSettings, splits: Splits) -> Parts:
     """Pretraining on ``splits.train`` (kNN-monitored on ``splits.holdout`` when it has labels)."""
     train = splits.train
     if cfg.batch_size > len(train):
@@ -185,10 +196,8 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> 
     if cfg.memory:
         momentum = MomentumEncoder(model, cfg.memory_momentum).to(runtime.device)
         queue = MemoryQueue(cfg.memory, cfg.head_out_dim, seed=cfg.seed).to(runtime.device)
-    channels_last = use_channels_last(cfg.channels_last, runtime.device)
     step = ContrastiveStep(model, net, SimCLRAugment(cfg.augment_config()), NTXentLoss(cfg.temperature),
-                           channels_last, momentum, queue,
-                           micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
+                           settings, momentum, queue)
 
     evaluate = None
     if cfg.knn_monitor and splits.holdout is not None and (train.labels >= 0).all():
@@ -196,7 +205,6 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> 
         # ImageNet the monitor embeds 120,000 images an epoch), and every process gets all the features
         shares = [own_share(at_most(s, n, cfg.seed), runtime)
                   for s, n in ((train, KNN_BANK), (splits.holdout, KNN_QUERIES))]
-        precision = autocast_dtype(cfg.precision, runtime.device)
         loaders = []
 
         def evaluate() -> dict[str, Any]:
@@ -204,14 +212,14 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, splits: Splits) -> 
                 loaders.extend(eval_loader(mine, cfg.image_size, runtime, 256, cfg.workers, cfg.cache, cfg.strict_data)
                                for mine, _ in shares)
             model.eval()
-            with autocast(runtime.device, precision):
-                bank, bank_labels = extract_shared(model.encoder, loaders[0], shares[0][1], channels_last)
-                queries, query_labels = extract_shared(model.encoder, loaders[1], shares[1][1], channels_last)
+            with autocast(runtime.device, settings.precision):
+                bank, bank_labels = extract_shared(model.encoder, loaders[0], shares[0][1], settings.channels_last)
+                queries, query_labels = extract_shared(model.encoder, loaders[1], shares[1][1], settings.channels_last)
             return {"knn_top1": knn_accuracy(bank, bank_labels, queries, query_labels, cfg.knn_k)}
 
     record = Record("pretrain", model_config, cfg.image_size, train.class_names or None)
     return Parts(cfg, record, model, step, train, groups, evaluate, eval_every=cfg.knn_every,
-                 evaluate_everywhere=True)
+                 evaluate_everywhere=True, warnings=few_negatives(cfg))
 
 
 def at_most(images: ImageSet, count: int, seed: int) -> ImageSet:
