@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--official", action="store_true", help="list the released SimCLRv2 weights by name "
                    "(official:r50_1x_sk1, .../finetuned_1pct), their sizes and the paper's ImageNet top-1")
     p.set_defaults(func="simclrv2.commands.models:cmd_models")
-    p = sub.add_parser("download", help="fetch official SimCLRv2 weights into the cache, convert them once, print the file",
-                       description=module_doc("commands.download"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("download", help="fetch official SimCLRv2 weights into the cache, convert them once, "
+                       "print the file", description=module_doc("commands.download"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="+", metavar="NAME",
                    help="official:<model> or official:<model>/finetuned_{1,10,100}pct, e.g. official:r152_3x_sk1")
     p.set_defaults(func="simclrv2.commands.download:cmd_download")

@@ -30,6 +30,7 @@ from ..errors import UserError
 log = logging.getLogger("simclrv2")
 
 ATTEMPTS = 3
+RETRY_WAIT_S = 2.0  # before the second try; doubled before each next one
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 USER_AGENT = "simclrv2 (official SimCLRv2 checkpoints)"
@@ -175,6 +176,8 @@ def _transfer(url: str, part: Path, meta_path: Path, label: str) -> tuple[Option
         finally:
             if bar is not None:
                 bar.close()
+        if size is not None and done < size:  # the server closed the connection early: resume
+            raise Unreachable(f"the transfer broke off after {done} of {size} bytes")
         elapsed = max(time.monotonic() - began, 1e-6)
         log.info("%s: %s in %.1f s (%s/s)", label, _size(done - start), elapsed, _size((done - start) / elapsed))
     return meta.get("size"), meta.get("hashes", {})
@@ -194,7 +197,7 @@ def download(url: str, dest: Path, label: str) -> None:
             if attempt == ATTEMPTS:
                 raise
             log.warning("%s: %s; trying again (%d of %d)", label, exc, attempt + 1, ATTEMPTS)
-            time.sleep(min(2.0 ** attempt, 10.0))
+            time.sleep(RETRY_WAIT_S * 2 ** (attempt - 1))
             continue
         problem = check_file(part, size, hashes) or ""
         if not problem:
