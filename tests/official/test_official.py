@@ -242,6 +242,18 @@ def test_names_through_the_cli_equal_import_tf(release, env, bucket, tmp_path, c
     assert len(weights) > 50 and all(torch.equal(continued["model"][k], theirs["model"][k]) for k in weights)
     assert main(["pretrain", "--from", FINETUNED, *tiny, "--out", str(tmp_path / "bad")]) == 2
     assert "holds a classifier, not a contrastive model" in capsys.readouterr().err
+    labeled = tmp_path / "labeled"
+    for i, image in enumerate(sorted(folder.iterdir())[:2] * 2):
+        (labeled / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, labeled / "ab"[i % 2] / f"{i}.png")
+    tiny[1] = str(labeled)
+    assert main(["finetune", "--from", NAME, *tiny, "--head-layer", "1", "--out", str(tmp_path / "ft")]) == 0
+    tuned = load_checkpoint(tmp_path / "ft" / "model.pt")
+    assert tuned["record"]["source"] == NAME
+    assert torch.equal(tuned["model"]["head_layers.0.linear.weight"],
+                       theirs["model"]["projection_head.layers.0.linear.weight"])
+    encoder = [k for k in weights if k.startswith("encoder.")]
+    assert len(encoder) > 50 and all(torch.equal(tuned["model"][k], theirs["model"][k]) for k in encoder)
 
 
 def test_second_call_uses_the_cache_with_the_server_stopped(env, bucket, monkeypatch):

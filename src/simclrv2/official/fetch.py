@@ -115,8 +115,9 @@ def _open(url: str, start: int):
         raise Unreachable(str(reason)) from None
 
 
-def _transfer(url: str, part: Path, meta_path: Path, label: str) -> tuple[Optional[int], dict[str, str]]:
-    """Fetch ``url`` into ``part`` (continuing it); the file's size and hashes as first announced."""
+def _transfer(url: str, part: Path, meta_path: Path, label: str) -> tuple[Optional[int], dict[str, str], str]:
+    """Fetch ``url`` into ``part`` (continuing it); the file's size and hashes as first announced, and
+    how much came how fast."""
     meta: dict[str, Any] = {}
     if part.is_file() and meta_path.is_file():
         try:
@@ -179,8 +180,8 @@ def _transfer(url: str, part: Path, meta_path: Path, label: str) -> tuple[Option
         if size is not None and done < size:  # the server closed the connection early: resume
             raise Unreachable(f"the transfer broke off after {done} of {size} bytes")
         elapsed = max(time.monotonic() - began, 1e-6)
-        log.info("%s: %s in %.1f s (%s/s)", label, _size(done - start), elapsed, _size((done - start) / elapsed))
-    return meta.get("size"), meta.get("hashes", {})
+        speed = f"{_size(done - start)} in {elapsed:.1f} s ({_size((done - start) / elapsed)}/s)"
+    return meta.get("size"), meta.get("hashes", {}), speed
 
 
 def download(url: str, dest: Path, label: str) -> None:
@@ -192,7 +193,7 @@ def download(url: str, dest: Path, label: str) -> None:
     problem = ""
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            size, hashes = _transfer(url, part, meta_path, label)
+            size, hashes, speed = _transfer(url, part, meta_path, label)
         except Unreachable as exc:
             if attempt == ATTEMPTS:
                 raise
@@ -201,8 +202,9 @@ def download(url: str, dest: Path, label: str) -> None:
             continue
         problem = check_file(part, size, hashes) or ""
         if not problem:
-            if not hashes:
-                log.info("%s: the server sent no MD5; the checkpoint's own crc32c checks guard the import", label)
+            checked = ("MD5 verified" if "md5" in hashes else "crc32c verified" if hashes else
+                       "no hash from the server: the import checks the checkpoint's own crc32c")
+            log.info("%s: %s, %s", label, speed, checked)
             os.replace(part, dest)
             meta_path.unlink(missing_ok=True)
             return
