@@ -256,7 +256,7 @@ def test_names_through_the_cli_equal_import_tf(release, env, bucket, tmp_path, c
     assert len(encoder) > 50 and all(torch.equal(tuned["model"][k], theirs["model"][k]) for k in encoder)
 
 
-def test_second_call_uses_the_cache_with_the_server_stopped(env, bucket, monkeypatch):
+def test_second_call_uses_the_cache_with_the_server_stopped(env, bucket, release, monkeypatch):
     first = resolve_checkpoint(NAME)
     bucket.stop()
     assert resolve_checkpoint(NAME) == first
@@ -265,6 +265,12 @@ def test_second_call_uses_the_cache_with_the_server_stopped(env, bucket, monkeyp
     # once converted it loads as any checkpoint, by name
     from simclrv2.models.checkpoints import load_model
     assert load_model(NAME)[1].kind == "contrastive"
+    monkeypatch.delenv("SIMCLRV2_OFFLINE")
+    monkeypatch.setenv("SIMCLRV2_OFFICIAL_URL", str(release[1]))  # the fine-tuned model from a local mirror
+    out = env.parent / "classifier.safetensors"
+    assert main(["export", "--model", FINETUNED, "--format", "safetensors", "--out", str(out), "--image-size", "32"]) == 0
+    meta = __import__("json").loads(out.with_name(out.name + ".json").read_text())
+    assert meta["class_names"][281] == "tabby cat" and meta["source_checkpoint"]["path"] == FINETUNED
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "truncate"])
