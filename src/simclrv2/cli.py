@@ -93,7 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("models", help="list the registered encoders and their parameter counts",
                        description=module_doc("commands.models"))
+    p.add_argument("--official", action="store_true", help="list the released SimCLRv2 weights by name "
+                   "(official:r50_1x_sk1, .../finetuned_1pct), their sizes and the paper's ImageNet top-1")
     p.set_defaults(func="simclrv2.commands.models:cmd_models")
+    p = sub.add_parser("download", help="fetch official SimCLRv2 weights into the cache, convert them once, "
+                       "print the file", description=module_doc("commands.download"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="official:<model> or official:<model>/finetuned_{1,10,100}pct, e.g. official:r152_3x_sk1")
+    p.set_defaults(func="simclrv2.commands.download:cmd_download")
     for stage in stages():
         add_stage_command(sub, stage)
     add_classifier_commands(sub)
@@ -107,7 +115,7 @@ def add_classifier_commands(sub) -> None:
     """``evaluate`` and ``predict``: a fine-tuned or distilled classifier on labeled or new images."""
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a classifier",
                        description=module_doc("commands.evaluate"))
-    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
+    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student (a file, or an official name such as official:r50_1x_sk1/finetuned_1pct)")
     p.add_argument("--data", default=None, help="labeled images (folder, list or 'digits'); default: the "
                                                 "images the checkpoint's run held out")
     p.add_argument("--out", default=None, metavar="DIR", help="write evaluation.json and evaluation.txt here")
@@ -121,7 +129,7 @@ def add_classifier_commands(sub) -> None:
     p.set_defaults(func="simclrv2.commands.evaluate:cmd_evaluate")
 
     p = sub.add_parser("predict", help="class and probability for each image (CSV)", description=module_doc("commands.predict"))
-    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student")
+    p.add_argument("--model", required=True, metavar="CKPT", help="fine-tuned classifier or distilled student (a file, or an official name such as official:r50_1x_sk1/finetuned_1pct)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                    "or one folder")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
@@ -138,7 +146,8 @@ def add_classifier_commands(sub) -> None:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The flags ``embed`` and ``select`` share: which network, which layer, how to run it."""
     p.add_argument("--from", dest="model", required=True, metavar="CKPT",
-                   help="any simclrv2 checkpoint: pretrained, fine-tuned, distilled or imported (model.pt)")
+                   help="any simclrv2 checkpoint: pretrained, fine-tuned, distilled or imported (model.pt), or an "
+                        "official name such as official:r50_1x_sk1")
     p.add_argument("--data", required=True, metavar="IMAGES",
                    help="a folder of images, a .csv/.tsv list of paths, or 'digits'")
     p.add_argument("--layer", type=int, default=0, metavar="J",
@@ -260,7 +269,7 @@ def add_convert_commands(sub) -> None:
         "export", help="export a fine-tuned classifier or student (ONNX, TorchScript, safetensors)",
         description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="CKPT",
-                   help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student)")
+                   help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student; a file, or an official name such as official:r50_1x_sk1/finetuned_1pct)")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write; FILE.json goes beside it")
     p.add_argument("--image-size", type=image_side, default=None, metavar="N",

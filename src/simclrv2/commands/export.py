@@ -31,6 +31,7 @@ from ..checkpoint import atomic_write_bytes, file_sha256
 from ..errors import UserError
 from ..models.checkpoints import load_classifier
 from ..names import FORMATS
+from ..official import resolve_checkpoint
 
 CROP_PROPORTION = 0.875
 ONNX_OPSET = 17
@@ -134,7 +135,7 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
         "class_names": names,
         "preprocessing": preprocessing(size),
         "model_config": config,
-        "source_checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(checkpoint_path)},
+        "source_checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(resolve_checkpoint(checkpoint_path))},
         "simclrv2_version": __version__,
     }
     data = EXPORTERS[fmt](model, example, meta)

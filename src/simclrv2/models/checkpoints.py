@@ -3,7 +3,8 @@
 Every checkpoint carries a ``Record`` whose plain-data ``model_config`` rebuilds the network
 (``build_model``) without pickled code; weights are loaded strictly. Starting a classifier from a
 pretrained (or imported, or fine-tuned) network copies the encoder and the projection-head layers it
-keeps; anything that does not fit is an error naming both sides.
+keeps; anything that does not fit is an error naming both sides. Every checkpoint is opened through
+``read_trained``, which takes an official name (``official:r50_1x_sk1``) wherever it takes a file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
+from ..official import resolve_checkpoint
 from ..record import Record
 from .simclr import Classifier, build_model, classifier_config
 
@@ -30,8 +32,9 @@ class Trained:
 
 
 def read_trained(path: str | Path) -> Trained:
-    """The record and weights of a simclrv2 checkpoint; one-line errors for anything else."""
-    payload = load_checkpoint(path, map_location="cpu")
+    """The record and weights of a simclrv2 checkpoint (or of an official name, fetched into the
+    cache first); one-line errors for anything else."""
+    payload = load_checkpoint(resolve_checkpoint(path), map_location="cpu")
     return Trained(Record.from_payload(payload, str(path)), payload["model"], str(path))
 
 
@@ -100,6 +103,23 @@ def transplant(model: Classifier, source: Trained) -> list[str]:
     if left or incompatible.unexpected_keys:
         raise RuntimeError(f"transplant left {left or incompatible.unexpected_keys}")
     return sorted(copied)
+
+
+def continue_from(model: nn.Module, source: Trained) -> list[str]:
+    """Copy the encoder and projection head of the contrastive ``source`` into the contrastive ``model``
+    (built from the same model_config but for its monitor, which stays freshly initialised): continued
+    pretraining. Returns the names of the copied tensors."""
+    wanted = {k: v for k, v in source.state.items() if not k.startswith("monitor.")}
+    try:
+        result = model.load_state_dict(wanted, strict=False)
+    except RuntimeError as exc:
+        raise UserError(f"{source.path}: its weights do not fit its model_config ({_first_line(exc)}); "
+                        "re-create the checkpoint") from None
+    left = [k for k in result.missing_keys if not k.startswith("monitor.")]
+    if left or result.unexpected_keys:
+        raise UserError(f"{source.path}: its weights do not fit its model_config (e.g. "
+                        f"{(left or result.unexpected_keys)[0]}); re-create the checkpoint")
+    return sorted(wanted)
 
 
 def check_same_encoder(record: Record, requested: str | None, source_name: str) -> None:

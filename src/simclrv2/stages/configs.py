@@ -33,6 +33,10 @@ class PretrainConfig(StageConfig):
     paper used 4096, 800 and 5% of the epochs: see configs/imagenet_pretrain.yaml)."""
 
     model: str = option("r50_1x_sk1", "encoder, r{depth}_{width}x_sk{0|1} (see `simclrv2 models`)")
+    init: str = option("scratch", "continue pretraining from this contrastive checkpoint (pretrain, import-tf, or "
+                       "an official name such as official:r50_1x_sk1) instead of random weights ('scratch'); "
+                       "its encoder and projection head, so --model and the head options come from it",
+                       key="from", path=True)
     temperature: float = option(0.1, "NT-Xent temperature", minimum=0, exclusive_minimum=True)
     head_layers: int = option(3, "projection head layers", minimum=1)
     head_hidden_dim: Optional[int] = option(None, "projection head width (default: the encoder's)", minimum=1)

@@ -10,6 +10,7 @@ every epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..memory import MemoryQueue, MomentumEncoder
 from ..metrics import eval_loader, extract_shared, knn_accuracy, own_share
 from ..models import build_model, contrastive_config, count_parameters
 from ..models.batchnorm import frozen_running_stats
+from ..models.checkpoints import Trained, check_same_encoder, continue_from, read_trained
 from ..optim import param_groups, scale_learning_rate
 from ..record import Record
 from ..engine.placement import autocast, prepare_model
@@ -169,11 +171,33 @@ def few_negatives(cfg: PretrainConfig) -> list[str]:
 
 
 def build(cfg: PretrainConfig, runtime: Runtime, settings: StepSettings) -> Parts:
-    return contrastive_parts(cfg, runtime, settings, open_splits(cfg, labeled=False))
+    source = None
+    if cfg.init != "scratch":
+        source = read_trained(cfg.init)
+        cfg = continued(cfg, source)
+    return contrastive_parts(cfg, runtime, settings, open_splits(cfg, labeled=False), source)
 
 
-def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, settings: StepSettings, splits: Splits) -> Parts:
-    """Pretraining on ``splits.train`` (kNN-monitored on ``splits.holdout`` when it has labels)."""
+def continued(cfg: PretrainConfig, source: Trained) -> PretrainConfig:
+    """``cfg`` with the network of the checkpoint that pretraining continues from (``--from``)."""
+    record = source.record
+    if record.kind != "contrastive":
+        raise UserError(f"--from {cfg.init} holds a classifier, not a contrastive model (encoder + projection "
+                        "head): continue pretraining from a pretrain or import-tf checkpoint, or from official:<model> "
+                        "without /finetuned_*")
+    default_model = next(f.default for f in dataclasses.fields(PretrainConfig) if f.name == "model")
+    if cfg.model != default_model:
+        check_same_encoder(record, cfg.model, cfg.init)
+    mc = record.model_config
+    return dataclasses.replace(cfg, model=record.encoder, small_images="on" if record.small_images else "off",
+                               head_layers=record.head_layers, head_hidden_dim=mc.get("head_hidden_dim"),
+                               head_out_dim=mc.get("head_out_dim", 128))
+
+
+def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, settings: StepSettings, splits: Splits,
+                      source: Trained | None = None) -> Parts:
+    """Pretraining on ``splits.train`` (kNN-monitored on ``splits.holdout`` when it has labels), from
+    random weights or from ``source``'s encoder and projection head."""
     train = splits.train
     if cfg.batch_size > len(train):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images: "
@@ -182,8 +206,10 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, settings: StepSetti
     model_config = contrastive_config(cfg.model, cfg.uses_small_images(), cfg.head_hidden_dim,
                                       cfg.head_out_dim, cfg.head_layers, monitor_classes)
     model = build_model(model_config)
-    log.info("pretraining %s (%.2fM parameters) on %d images of %s", cfg.model, count_parameters(model) / 1e6,
-             len(train), cfg.data)
+    if source is not None:
+        continue_from(model, source)
+    log.info("pretraining %s (%.2fM parameters, from %s) on %d images of %s", cfg.model, count_parameters(model) / 1e6,
+             "random weights" if source is None else cfg.init, len(train), cfg.data)
     model, net = prepare_model(model, cfg, runtime, cfg.global_bn)
     groups = param_groups(model, cfg.weight_decay, no_adapt_prefixes=("monitor.",))
     # The monitoring head is exempt from the LARS trust ratio, as the official head_supervised.
@@ -217,7 +243,8 @@ def contrastive_parts(cfg: PretrainConfig, runtime: Runtime, settings: StepSetti
                 queries, query_labels = extract_shared(model.encoder, loaders[1], shares[1][1], settings.channels_last)
             return {"knn_top1": knn_accuracy(bank, bank_labels, queries, query_labels, cfg.knn_k)}
 
-    record = Record("pretrain", model_config, cfg.image_size, train.class_names or None)
+    record = Record("pretrain", model_config, cfg.image_size, train.class_names or None,
+                    None if source is None else cfg.init)
     return Parts(cfg, record, model, step, train, groups, evaluate, eval_every=cfg.knn_every,
                  evaluate_everywhere=True, warnings=few_negatives(cfg))
 
