@@ -157,7 +157,7 @@ def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, labeled: ImageSet, h
     step = ClassifierStep(model, net, augment, use_channels_last(cfg.channels_last, runtime.device),
                           micro_batch_size(cfg.micro_batch, cfg.batch_size, runtime.world_size))
     record = Record("finetune" if source is not None else "supervised", model_config, cfg.image_size, names,
-                    cfg.init if source is not None else None, annotated_held_out(cfg.labels))
+                    cfg.init if source is not None else None, annotated_held_out(cfg.labels, cfg.label_conflicts))
     return Parts(cfg, record, model, step, labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
                  holdout_evaluation(model, holdout, names, cfg, runtime), cfg.eval_every,
                  result={"head_layer": head_layer, "labeled_images": len(labeled), "from": cfg.init,
