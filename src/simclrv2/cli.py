@@ -177,13 +177,39 @@ def add_feature_commands(sub) -> None:
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                    help=f"how to choose (default {DEFAULT_METHOD}; see `simclrv2.selection.methods`)")
     p.add_argument("--labeled", default=None, metavar="FILE",
-                   help="images labeled already (a selected.txt or a path,label CSV): never chosen again, "
+                   help="images labeled already (a selected.txt, a path,label CSV or a Label Studio export): never chosen again, "
                         "and the new ones go where they are not (the next round of labeling)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same selection)")
     p.add_argument("--holdout", type=float, default=0.0, metavar="F",
                    help="the --holdout your fine-tuning will use (with the same --seed): those images are never chosen")
     p.add_argument("--no-figures", action="store_true", help="skip the contact sheet and the t-SNE map")
+    add_label_studio_arguments(p)
     p.set_defaults(func="simclrv2.commands.select:cmd_select")
+
+    p = sub.add_parser("pull-annotations", help="a Label Studio project's annotations, exported to a file",
+                       description=module_doc("commands.label_studio"))
+    p.add_argument("--label-studio-url", required=True, metavar="URL", help="the server, e.g. http://localhost:8080 "
+                   "(API key from LABEL_STUDIO_API_KEY)")
+    p.add_argument("--project", default="simclrv2", help="the project's title (default simclrv2)")
+    p.add_argument("--out", required=True, metavar="FILE", help="export.json (JSON export) or export.csv (CSV)")
+    p.set_defaults(func="simclrv2.commands.label_studio:cmd_pull")
+
+
+def add_label_studio_arguments(p: argparse.ArgumentParser) -> None:
+    """``select``'s Label Studio flags: tasks.json and labeling_config.xml, pre-annotations, the server."""
+    p.add_argument("--label-studio", action="store_true",
+                   help="also write tasks.json and labeling_config.xml for Label Studio (see the README)")
+    p.add_argument("--classes", default=None, metavar="A,B,...",
+                   help="the class names to choose from in Label Studio (default: --classifier's, the "
+                        "labeled export's or the data's class folders)")
+    p.add_argument("--classifier", default=None, metavar="CKPT",
+                   help="a fine-tuned model: its guess for each task is a pre-annotation, least sure first")
+    p.add_argument("--document-root", default=None, metavar="DIR",
+                   help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: that variable, else "
+                        "the folder above the data)")
+    p.add_argument("--label-studio-url", default=None, metavar="URL",
+                   help="also create or extend the project on this server (API key from LABEL_STUDIO_API_KEY)")
+    p.add_argument("--project", default="simclrv2", help="the Label Studio project's title (default simclrv2)")
 
 
 def add_pipeline_commands(sub) -> None:

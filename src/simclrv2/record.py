@@ -30,6 +30,7 @@ class HeldOut:
     holdout: float = 0.0
     seed: int = 0
     annotations: Optional[str] = None  # a --labels .csv: the labels (and held-out part) come from it
+    label_conflicts: Optional[str] = None  # how disagreeing annotators of a Label Studio export were settled
 
 
 @dataclass(frozen=True)

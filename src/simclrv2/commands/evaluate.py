@@ -28,7 +28,8 @@ def training_eval_split(record: Record, source: str) -> ImageSet:
     if held.annotations and not held.eval_data and held.holdout > 0 and held.data:
         from ..data.splits import annotated
 
-        images, _, index = annotated(held.data, held.annotations, held.holdout, held.seed)
+        images, _, index = annotated(held.data, held.annotations, held.holdout, held.seed,
+                                     held.label_conflicts)
         return images.subset(index)
     if held.eval_data:
         return open_images(held.eval_data, labeled=True)

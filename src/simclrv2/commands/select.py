@@ -34,6 +34,8 @@ from ..checkpoint import atomic_write_bytes
 from ..config import option
 from ..data import ImageSet, holdout_split, open_images
 from ..data.annotations import listed_indices, relabeled
+from ..data.label_studio import document_root
+from .label_studio import LabelStudioOptions, print_rounds, write_tasks
 from .embed import Embedding, check_out_folder, embed_checkpoint, write_embedding
 from ..errors import UserError
 from ..selection import figures
@@ -61,7 +63,8 @@ def candidate_pool(images: ImageSet, holdout: float, seed: int) -> np.ndarray:
 def run_selection(model: str, data: str, budget: str | int, out: str | Path, method: str = DEFAULT_METHOD,
                   labeled: str | None = None, seed: int = 0, layer: int = 0, holdout: float = 0.0,
                   image_size: int | None = None, batch_size: int = 256, workers: int | None = None,
-                  device: str = "auto", figures_on: bool = True) -> dict[str, Any] | None:
+                  device: str = "auto", figures_on: bool = True,
+                  label_studio: LabelStudioOptions | None = None) -> dict[str, Any] | None:
     """Embed, choose and write the outputs (see the module docstring); the summary, on the first process."""
     from ..distributed import barrier, is_main_process
 
@@ -80,6 +83,8 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
         raise UserError(f"--labeled {labeled} lists {len(held)} image(s) that --holdout {holdout} holds out "
                         f"(e.g. {images.describe(int(held[0]))}): use the --holdout and --seed of that round")
     count = parse_budget(budget, len(np.setdiff1d(pool, before)))
+    if label_studio:
+        document_root(label_studio.document_root, images)  # image files, under the root: before the work
     started = time.perf_counter()
     embedding = embed_checkpoint(model, images, layer, image_size, batch_size, workers, device, progress=True)
     summary = None
@@ -88,13 +93,15 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
                    "model": str(Path(model).resolve()), "data": data, "holdout": holdout, "images": len(images),
                    "candidates": int(len(pool) - len(before)), "labeled_before": int(len(before)),
                    "selected": int(len(before) + count), "labeled": labeled}
-        _choose_and_write(embedding, pool, before, summary, out, figures_on, started)
+        _choose_and_write(embedding, pool, before, summary, out, figures_on, started,
+                          lambda chosen: write_tasks(out, images, chosen, data, label_studio, labeled, device)
+                          if label_studio else None)
     barrier()  # under torchrun the other processes go on (to fine-tune on the selection) once it is written
     return summary
 
 
 def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray, summary: dict[str, Any],
-                      out: Path, figures_on: bool, started: float) -> None:
+                      out: Path, figures_on: bool, started: float, tasks: Any = None) -> None:
     """Choose and write every output; ``selection.json`` (the summary) last, as the mark of a finished run."""
     images, method, count, seed = embedding.images, summary["method"], summary["budget"], summary["seed"]
     log.info("choosing %d of %d images (%s, seed %d)", count, len(pool) - len(before), method, seed)
@@ -116,6 +123,8 @@ def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray
         colour = selection.assignment[rows] if selection.assignment is not None else None
         figures.plot_map(xy, out / "map.png", f"{method}: {count} chosen of {len(pool) - len(before)} (t-SNE)",
                          colour=colour, chosen=marked, labeled=old)
+    if tasks is not None and (written := tasks(selection.chosen)) is not None:
+        summary["label_studio"] = written
     summary["seconds"] = time.perf_counter() - started  # embedding, choosing and the figures
     atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode())
 
@@ -185,11 +194,20 @@ def write_selection_csv(path: Path, images: ImageSet, selection: Selection) -> N
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    wanted = args.label_studio or args.label_studio_url or args.classifier
+    options = LabelStudioOptions(args.classes, args.classifier, args.document_root, args.label_studio_url,
+                                 args.project) if wanted else None
     summary = run_selection(args.model, args.data, args.budget, args.out, args.method, args.labeled, args.seed,
                             args.layer, args.holdout, args.image_size, args.batch_size, args.workers, args.device,
-                            not args.no_figures)
+                            not args.no_figures, options)
     if summary is not None:
         print(f"chose {summary['budget']} of {summary['candidates']} images ({summary['method']}): "
               f"{Path(args.out) / SELECTED} lists the {summary['selected']} to label; "
               f"{Path(args.out) / SELECTION_CSV} the new ones with their rank", file=sys.stderr)
+        written = summary.get("label_studio")
+        if written:
+            print_rounds(written.get("rounds", []))
+            print(f"Label Studio: {written['tasks']} (round {written['round']}) and {written['labeling_config']}"
+                  + (f"; imported {written['project']['imported']} task(s) into {written['project']['url']}"
+                     if "project" in written else ""), file=sys.stderr)
     return 0

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from . import label_studio
 from .sources import ImageSet, read_list_rows
 from .subsets import _examples, _has_folder, _index_by_description, _resolve, read_subset_file
 
@@ -68,10 +69,15 @@ def _locate_each_once(images: ImageSet, entries: Sequence[str], path: Path, what
 
 
 def listed_indices(images: ImageSet, path: str | os.PathLike, what: str = "file") -> np.ndarray:
-    """The items a subset file or a path[,label] .csv lists, in file order (labels are not read)."""
+    """The items a subset file, a path[,label] .csv or a Label Studio export lists, in file order (labels
+    are not read; of an export, the images annotated or skipped)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: give a selected.txt or a .csv of path,label rows")
+        raise UserError(f"{what} {path} does not exist: give a selected.txt, a .csv of path,label rows or a "
+                        "Label Studio export")
+    if label_studio.is_export(path):
+        found = label_studio.export_labels(images, path, "latest")
+        return np.union1d(found.items, found.skipped)
     if path.suffix.lower() == ".csv":
         entries = [p for _, p, _ in read_list_rows(str(path), path)]
     else:
@@ -79,9 +85,11 @@ def listed_indices(images: ImageSet, path: str | os.PathLike, what: str = "file"
     return _locate_each_once(images, entries, path, what)
 
 
-def read_annotations(images: ImageSet, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_annotations(images: ImageSet, path: str | os.PathLike,
+                     conflicts: str = "error") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(items, their labels, class names) from a ``path,label`` CSV a person wrote for ``images``
-    (or any CSV whose header names a ``path`` and a ``label`` column).
+    (or any CSV whose header names a ``path`` and a ``label`` column), or from a Label Studio export
+    (``data.label_studio``; ``conflicts`` settles annotators who disagree).
 
     The class names are the file's labels, sorted. Every row needs a label; an image listed twice,
     an image not in the data, or fewer than two classes is an error.
@@ -89,6 +97,8 @@ def read_annotations(images: ImageSet, path: str | os.PathLike) -> tuple[np.ndar
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"label file {path} does not exist: check the path")
+    if label_studio.is_export(path):
+        return _classes(label_studio.export_labels(images, path, conflicts), path)
     rows = read_list_rows(str(path), path)
     if not rows:
         raise UserError(f"label file {path} has no rows: write one path,label row per labeled image")
@@ -105,6 +115,17 @@ def read_annotations(images: ImageSet, path: str | os.PathLike) -> tuple[np.ndar
     labels = np.array([index[label] for _, _, label in rows], dtype=np.int64)
     order = np.argsort(found, kind="stable")
     return found[order], labels[order], names
+
+
+def _classes(found: label_studio.ExportLabels, path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(items, labels, class names) of a Label Studio export's annotated images."""
+    names = sorted(set(found.labels))
+    if len(names) < 2:
+        raise UserError(f"Label Studio export {path} has {len(found.items)} annotated image(s) of "
+                        f"{len(names)} class(es) ({', '.join(names) or 'none'}): a classifier needs at least two; "
+                        "annotate images of the other classes too")
+    index = {name: c for c, name in enumerate(names)}
+    return found.items, np.array([index[label] for label in found.labels], dtype=np.int64), names
 
 
 def relabeled(images: ImageSet, items: np.ndarray, labels: np.ndarray, class_names: list[str]) -> ImageSet:

@@ -68,7 +68,7 @@ def open_labeled_splits(cfg: DataOptions, labels: str) -> LabeledSplits:
     of path,label rows (labels from annotation) the labels are the file's (see :func:`annotated`).
     """
     if annotation_file(labels):
-        return _annotated_splits(cfg, labels)
+        return _annotated_splits(cfg, labels, getattr(cfg, "label_conflicts", "error"))
     images = open_images(cfg.data, labeled=True)
     holdout = open_images(cfg.eval_data, labeled=True) if cfg.eval_data else None
     pool = np.arange(len(images))
@@ -90,28 +90,35 @@ def open_labeled_splits(cfg: DataOptions, labels: str) -> LabeledSplits:
 
 
 def annotation_file(labels: str | None) -> str | None:
-    """The ``--labels`` value when it is a .csv of path,label rows (labels from annotation), else None."""
+    """The ``--labels`` value when it is a .csv of path,label rows or a Label Studio export (labels from
+    annotation), else None."""
     if not labels or labels == "all":
         return None
     return labels if parse_label_spec(labels).annotations else None
 
 
-def annotated_held_out(labels: str | None) -> HeldOut:
+def annotated_held_out(labels: str | None, conflicts: str = "error") -> HeldOut:
     """The part of a checkpoint's record a stage knows of its held-out images: the annotation CSV
-    (absolute) whose labels they carry, when ``--labels`` is one; the engine adds the rest."""
+    or Label Studio export (absolute) whose labels they carry, when ``--labels`` is one, and the rule
+    that settled disagreeing annotators; the engine adds the rest."""
     path = annotation_file(labels)
-    return HeldOut(annotations=str(Path(path).expanduser().absolute()) if path else None)
+    if not path:
+        return HeldOut()
+    return HeldOut(annotations=str(Path(path).expanduser().absolute()),
+                   label_conflicts=None if conflicts == "error" else conflicts)
 
 
-def annotated(data: str, path: str, holdout: float, seed: int) -> tuple[ImageSet, np.ndarray, np.ndarray]:
-    """``data`` labeled by the annotation CSV ``path``: (images, labeled training items, held-out items).
+def annotated(data: str, path: str, holdout: float, seed: int,
+              conflicts: str | None = None) -> tuple[ImageSet, np.ndarray, np.ndarray]:
+    """``data`` labeled by the annotation CSV or Label Studio export ``path`` (``conflicts``: see
+    ``data.label_studio.RULES``): (images, labeled training items, held-out items).
 
     The data's own labels (class folders), if any, are ignored: the file's classes are the task.
     With ``holdout`` > 0 that fraction of the annotated images of each class is held out (the
     unannotated images have no label to score).
     """
     images = open_images(data, labeled=False)
-    items, labels, names = read_annotations(images, path)
+    items, labels, names = read_annotations(images, path, conflicts or "error")
     images = relabeled(images, items, labels, names)
     if holdout > 0:
         train, held = holdout_split(labels, holdout, seed)
@@ -119,8 +126,8 @@ def annotated(data: str, path: str, holdout: float, seed: int) -> tuple[ImageSet
     return images, items, np.empty(0, np.int64)
 
 
-def _annotated_splits(cfg: DataOptions, path: str) -> LabeledSplits:
-    images, chosen, held = annotated(cfg.data, path, 0.0 if cfg.eval_data else cfg.holdout, cfg.seed)
+def _annotated_splits(cfg: DataOptions, path: str, conflicts: str) -> LabeledSplits:
+    images, chosen, held = annotated(cfg.data, path, 0.0 if cfg.eval_data else cfg.holdout, cfg.seed, conflicts)
     holdout = images.subset(held) if len(held) else None
     if cfg.eval_data:
         holdout = open_images(cfg.eval_data, labeled=True)

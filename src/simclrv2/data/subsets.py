@@ -45,7 +45,8 @@ _SPEC_HELP = ("use a percentage ('1%', '10%', '0.5%'), a count per class ('5/cla
 class LabelSpec:
     """A parsed label-subset spec: exactly one of fraction, per_class and path is set.
 
-    A ``.csv`` path is an annotation file (``annotations``): its rows give the labels themselves,
+    A ``.csv`` path (or a Label Studio ``.json`` export) is an annotation file (``annotations``): its rows
+    give the labels themselves,
     so the data need not have any. Another file is a subset file: it says which images' labels
     (those of the data) are used.
     """
@@ -57,7 +58,7 @@ class LabelSpec:
 
     @property
     def annotations(self) -> bool:
-        return self.path is not None and self.path.suffix.lower() == ".csv"
+        return self.path is not None and self.path.suffix.lower() in (".csv", ".json")  # .json: Label Studio
 
 
 def _examples(names: Sequence[str], limit: int = _EXAMPLES) -> str:

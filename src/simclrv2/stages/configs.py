@@ -85,7 +85,11 @@ class FinetuneConfig(StageConfig):
     model: Optional[str] = option(None, "encoder; needed with --from scratch, else taken from the checkpoint")
     labels: str = option("all", "labeled images used: 'all', a percentage ('1%'), a count per class "
                          "('5/class'), a subset file (e.g. the official 1percent.txt or `select`'s "
-                         "selected.txt) or a .csv of path,label rows (labels from annotation)", path=True)
+                         "selected.txt), a .csv of path,label rows or a Label Studio export (labels from "
+                         "annotation)", path=True)
+    label_conflicts: str = option("error", "with a Label Studio export: annotators who disagree on an image are "
+                                  "an 'error' (naming it), or settled by 'majority' or the 'latest'",
+                                  choices=("error", "majority", "latest"))
     head_layer: Optional[str] = option(None, "classify hiddens[j]: 0 = encoder output, 1 = after the first "
                                        "head layer, ...; 'auto' tries each on held-out labeled images "
                                        "(default: the paper's, 1 for a label subset, 0 for --labels all)")

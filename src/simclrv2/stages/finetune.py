@@ -89,7 +89,7 @@ def classifier_parts(cfg: FinetuneConfig, runtime: Runtime, settings: StepSettin
     augment = SimCLRAugment(AugmentConfig.finetune(cfg.image_size, flip=cfg.flip, crop_area=(cfg.crop_min_area, 1.0)))
     step = ClassifierStep(model, net, augment, settings)
     record = Record("finetune" if source is not None else "supervised", model_config, cfg.image_size, names,
-                    cfg.init if source is not None else None, annotated_held_out(cfg.labels))
+                    cfg.init if source is not None else None, annotated_held_out(cfg.labels, cfg.label_conflicts))
     return Parts(cfg, record, model, step, labeled, param_groups(model, cfg.weight_decay, ("classifier.",)),
                  holdout_evaluation(model, holdout, names, cfg, runtime, settings), cfg.eval_every,
                  result={"head_layer": head_layer, "labeled_images": len(labeled), "from": cfg.init,
