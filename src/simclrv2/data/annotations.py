@@ -1,7 +1,7 @@
 """Files a person or ``simclrv2 select`` writes that name images of the data: which ones are labeled
 (``--labeled``: a selected.txt or a .csv) and the labels an annotator gave them (``--labels FILE.csv``).
 
-Entries are matched to the items of the data by :func:`locate`; every entry must match one item, and no
+Entries are matched to the items of the data by ``subsets.locate``; every entry must match one item, and no
 item may be named twice.
 """
 
@@ -17,33 +17,7 @@ import numpy as np
 from ..errors import UserError
 from . import label_studio
 from .sources import ImageSet, read_list_rows
-from .subsets import _examples, _has_folder, _index_by_description, _resolve, read_subset_file
-
-
-def locate(images: ImageSet, entries: Sequence[str], listed_in: Path) -> np.ndarray:
-    """The item each entry names, or -1: an absolute path, a path relative to the data folder or to
-    the listing file's folder (``listed_in``), ``name[i]`` for in-memory data, or a bare file name
-    that only one item of the data has (ImageNet's subset lists)."""
-    by_path = _index_by_description(images)
-    by_name: dict[str, int] | None = None
-    found = np.full(len(entries), -1, dtype=np.int64)
-    for k, entry in enumerate(entries):
-        candidates = [entry] if images.paths is None else [
-            _resolve(root, entry) for root in dict.fromkeys([images.root, str(listed_in.parent.resolve())])]
-        for key in candidates:
-            if key in by_path:
-                found[k] = by_path[key]
-                break
-        else:
-            if images.paths is not None and not _has_folder(entry):
-                if by_name is None:
-                    names = [os.path.basename(p) for p in images.paths]
-                    counts: dict[str, int] = {}
-                    for name in names:
-                        counts[name] = counts.get(name, 0) + 1
-                    by_name = {name: i for i, name in enumerate(names) if counts[name] == 1}
-                found[k] = by_name.get(entry, -1)
-    return found
+from .subsets import _examples, _resolve, locate, read_subset_file
 
 
 def _locate_each_once(images: ImageSet, entries: Sequence[str], path: Path, what: str) -> np.ndarray:

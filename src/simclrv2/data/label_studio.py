@@ -246,7 +246,7 @@ def _rows_votes(rows: list[dict[str, Any]], path: Path) -> list[Vote]:
 def locate_votes(images: ImageSet, votes: Sequence[Vote], listed_in: Path) -> np.ndarray:
     """The item of the data each vote's image is, or -1: ``data.path`` as ``--labels FILE.csv`` paths
     are found, else the local-file URL's path (the data's image whose path ends with it), else the name."""
-    from .annotations import locate
+    from .subsets import locate
 
     found = locate(images, [v.path or "" for v in votes], listed_in) if votes else np.empty(0, np.int64)
     lost = [k for k in range(len(votes)) if found[k] < 0]

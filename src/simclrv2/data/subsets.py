@@ -343,3 +343,29 @@ def write_index_list(path: str | os.PathLike, images: ImageSet,
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, "".join(lines).encode("utf-8"))
     return path
+
+
+def locate(images: ImageSet, entries: Sequence[str], listed_in: Path) -> np.ndarray:
+    """The item each entry names, or -1: an absolute path, a path relative to the data folder or to
+    the listing file's folder (``listed_in``), ``name[i]`` for in-memory data, or a bare file name
+    that only one item of the data has (ImageNet's subset lists)."""
+    by_path = _index_by_description(images)
+    by_name: dict[str, int] | None = None
+    found = np.full(len(entries), -1, dtype=np.int64)
+    for k, entry in enumerate(entries):
+        candidates = [entry] if images.paths is None else [
+            _resolve(root, entry) for root in dict.fromkeys([images.root, str(listed_in.parent.resolve())])]
+        for key in candidates:
+            if key in by_path:
+                found[k] = by_path[key]
+                break
+        else:
+            if images.paths is not None and not _has_folder(entry):
+                if by_name is None:
+                    names = [os.path.basename(p) for p in images.paths]
+                    counts: dict[str, int] = {}
+                    for name in names:
+                        counts[name] = counts.get(name, 0) + 1
+                    by_name = {name: i for i, name in enumerate(names) if counts[name] == 1}
+                found[k] = by_name.get(entry, -1)
+    return found
