@@ -143,8 +143,9 @@ def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, p
     The stage's own ``build`` makes the network, the step and the optimizer groups from its config: the
     stage's defaults, its ``example`` settings, and the checkpoints its ``needs`` name, made first by the
     same function (an untrained model.pt of the stage needed: weights do not change the timing). What
-    differs from a run: ``--data`` is a folder of tiny PNGs with ``data``'s labels (class folders; flat
-    without labels), as many as ``data`` has (the steps take ``make_batch``'s batches, not the loader's);
+    differs from a run: ``--data`` is a folder of tiny PNGs with ``data``'s labels (class folders, every class
+    present; flat without labels), about as many as ``data`` has (the steps take ``make_batch``'s batches, not
+    the loader's);
     the schedule has ``SCHEDULE_STEPS`` steps and no warmup; no worker processes, no image cache.
     ``compile_backend``: ``--compile --compile-backend``. ``settings``: more options of the stage's config
     (``{"memory": 65536, "activation_checkpointing": True}``).
@@ -171,16 +172,21 @@ def stage_engine(stage: str, case: Case, data: ImageSet, device: torch.device, p
 
 
 def _image_folder(data: ImageSet) -> str:
-    """A folder of 8x8 PNGs standing for ``data`` (one per image; class folders when labeled), made once."""
+    """A folder of 8x8 PNGs standing for ``data``: one per image, in class folders when labeled (each of its
+    classes with at least one image, so that a classifier has all of them); made once."""
     key = (id(data), len(data), tuple(data.labels.tolist()))
     if key not in _FOLDERS:
         from PIL import Image
 
         root = Path(tempfile.mkdtemp(prefix="data_", dir=_runs().name))
-        for i, label in enumerate(data.labels):
+        labels = list(data.labels)
+        if (data.labels >= 0).any():
+            labels += sorted(set(range(len(data.class_names))) - set(labels))
+        for i, label in enumerate(labels):
             folder = root / data.class_names[label] if label >= 0 else root
             folder.mkdir(exist_ok=True)
-            Image.fromarray(((i * 37 + np.arange(192)) % 256).astype(np.uint8).reshape(8, 8, 3)).save(folder / f"{i:06d}.png")
+            pixels = ((i * 37 + np.arange(192)) % 256).astype(np.uint8).reshape(8, 8, 3)
+            Image.fromarray(pixels).save(folder / f"{i:06d}.png")
         _FOLDERS[key] = str(root)
     return _FOLDERS[key]
 

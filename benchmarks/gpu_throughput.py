@@ -1,4 +1,5 @@
-"""GPU throughput of the three SimCLRv2 training steps, with model FLOPs and memory.
+"""GPU throughput of the training step of every registered stage (``simclrv2.stages``), with model FLOPs and
+memory.
 
 Each step is the real one: ``Engine.train_step`` of a run of the stage (built by the stage's own
 code with its defaults on a synthetic uint8 batch that is the run's whole data set; see
@@ -19,7 +20,10 @@ r50_1x_sk1 at 224 px):
   not compiled, as the stage holds it) and a student (head layer 0), crop + flip,
   ``distillation_loss`` at tau 0.1, LARS. FLOPs: teacher forward + student forward/backward.
 
-Fine-tuning and distillation count an image as its one view.
+- every other registered stage (linear evaluation, and any stage added to the registry) as fine-tuning is
+  measured: its own step at ``--classifier-batch``.
+
+Outside pretraining an image is counted as the views the step draws of it (one, for the built-in stages).
 
     python benchmarks/gpu_throughput.py                                  # the GPU benchmark
     python benchmarks/gpu_throughput.py --batch-sizes 128 256 --no-compile
@@ -48,6 +52,8 @@ from _common import (Case, machine_line, make_batch, markdown_table, median, res
 
 from simclrv2.data.loader import Batch  # noqa: E402
 from simclrv2.engine import Engine  # noqa: E402
+from simclrv2.models.resnet import ResNet  # noqa: E402
+from simclrv2.stages import stages  # noqa: E402
 
 NUM_CLASSES = 1000
 GIB = 1 << 30
@@ -74,16 +80,17 @@ def count_flops(module: torch.nn.Module, views: int, size: int, backward: bool =
     return counter.get_total_flops() / 4
 
 
-def step_flops(kind: str, engine: Engine, size: int) -> dict[str, float]:
-    """FLOPs per image of the networks the step runs (see the module docstring); for pretraining
-    also those of one forward of one view ("view")."""
-    if kind == "pretrain":
-        return {"pretrain": count_flops(engine.model, 2, size),
-                "view": count_flops(engine.model, 1, size, backward=False)}
-    flops = count_flops(engine.model, 1, size)
-    if kind == "distill":
-        flops += count_flops(engine.step.teacher, 1, size, backward=False)
-    return {kind: flops}
+def step_flops(kind: str, engine: Engine, batch: Batch, size: int) -> dict[str, float]:
+    """FLOPs per image of the networks the step runs (see the module docstring): the trained network forward
+    and backward on each of the image's views (as many as the step's ``views`` draws per image), every other
+    network the step holds (a teacher, a momentum encoder) forward only; also one forward of one view
+    ("view")."""
+    views = engine.step.views(batch, torch.Generator(device=batch.images.device)).shape[0] // batch.images.shape[0]
+    flops = count_flops(engine.model, views, size)
+    for name, module in engine.step.modules().items():
+        if name not in ("model", "net") and any(isinstance(m, ResNet) for m in module.modules()):
+            flops += count_flops(module, views, size, backward=False)
+    return {kind: flops, "view": count_flops(engine.model, 1, size, backward=False)}
 
 
 def matmul_peak(device: torch.device, n: int, iters: int) -> float:
@@ -142,7 +149,7 @@ def measure(kind: str, name: str, size: int, batch: int, device: torch.device, b
     """``run_rate`` of a fresh engine of ``kind``; fills in ``flops[kind]`` the first time."""
     engine, b = engine_and_batch(kind, name, size, batch, device, backend)
     if kind not in flops:
-        flops.update(step_flops(kind, engine, size))
+        flops.update(step_flops(kind, engine, b, size))
     r = run_rate(engine, b, device, warmup, steps)
     del engine, b
     _free(device)
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
             for batch in args.batch_sizes:
                 r = measure("pretrain", name, args.size, batch, device, backend, args.warmup, args.steps, flops)
                 pre_rows.append([name, mode, batch, *rate_cells(r, flops["pretrain"], peak)])
-            for kind in ("finetune", "distill"):
+            for kind in [stage.name for stage in stages() if stage.name != "pretrain"]:
                 batch = args.classifier_batch
                 r = measure(kind, name, args.size, batch, device, backend, args.warmup, args.steps, flops)
                 cls_rows.append([kind, name, mode, batch, *rate_cells(r, flops[kind], peak)])
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
                          pre_rows))
     print("\nlargest pretraining batch that fits (eager):\n")
     print(markdown_table(["model", "largest batch", "peak mem GiB", "device GiB"], fit_rows))
-    print("\nfine-tuning and distillation steps (an image = one view):\n")
+    print("\nthe other stages' steps (an image = the views the step draws of it):\n")
     print(markdown_table(["step", "model", "mode", "batch", "img/s", "GFLOP/img", "TFLOP/s", "of peak",
                           "peak mem GiB"], cls_rows))
     return {"peak_tflops": peak, "pretrain": pre_rows, "fit": fit_rows, "classifier": cls_rows}

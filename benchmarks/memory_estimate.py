@@ -15,6 +15,7 @@ profiler events on a CPU).
     python benchmarks/memory_estimate.py                          # the presets (a few minutes on a CPU)
     python benchmarks/memory_estimate.py --measure --device cuda  # estimate vs measured, on a GPU
     python benchmarks/memory_estimate.py --quick                  # seconds: a smoke run (tiny models)
+    python benchmarks/memory_estimate.py --quick --measure        # every registered stage, estimate vs measured
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Case, machine_line, make_batch, markdown_table, measured_peak, resolve_device, stage_engine  # noqa: E402
 
 from simclrv2.engine.memory_estimate import GIB, HEADROOM, estimate_step, largest_fitting  # noqa: E402
+from simclrv2.stages import stages  # noqa: E402
 
 GPU_MEMORY = 80 * GIB
 GPUS = 8
@@ -107,7 +109,7 @@ def main() -> None:
     device = resolve_device(args.device)
     print(machine_line(device))
     if args.measure:
-        cases = ["pretrain/r18_0.25x_sk1:64:16", "distill/r18_0.25x_sk1:64:16"] if args.quick else args.cases
+        cases = [f"{stage.name}/r18_0.25x_sk1:64:16" for stage in stages()] if args.quick else args.cases
         settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
         rows = measure_rows(cases, device, args.micro_batch, settings)
         print(markdown_table(["stage", "model", "px", "images", "estimate GiB", "measured GiB", "ratio"], rows))

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,29 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _install_toy_stage_plugin() -> Path:
+    """tests/stages/toy_stage.py as an installed plugin of the whole suite: a distribution whose entry point in
+    the group ``simclrv2.stages`` names its ``Stage``, on the path of this process and of every subprocess
+    (``simclrv2 ...``, torchrun, the benchmark scripts). Every test that follows the registry meets it."""
+    import atexit
+    import shutil
+    import tempfile
+
+    site = Path(tempfile.mkdtemp(prefix="simclrv2_toy_plugin_"))
+    atexit.register(shutil.rmtree, site, True)
+    info = site / "simclrv2_toy_stage-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: simclrv2-toy-stage\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[simclrv2.stages]\ntoy = toy_stage:TOY\n")
+    paths = [str(site), str(Path(__file__).resolve().parent / "stages")]
+    sys.path[:0] = paths
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return site
+
+
+TOY_PLUGIN = _install_toy_stage_plugin()
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ def test_benchmark_quick_mode_prints_its_table(name, args, expected):
         assert text in out, f"{text!r} missing from the output of {name}:\n{out}"
 
 
+@pytest.mark.slow  # 70 s: tests/stages/test_pretrain.py::test_torchrun_two_processes checks the same (graph breaks, resume on fewer)
 def test_gpu_smoke_script_runs_on_cpu_with_two_gloo_processes(tmp_path):
     """benchmarks/gpu_smoke.sh, unchanged, on this CPU: torchrun pretraining with --compile (aot_eager here),
     its step-10 checkpoint resumed on one process, the throughput benchmark's short case.

@@ -35,7 +35,8 @@ from simclrv2.errors import UserError
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # 1797 digits / 64 = 28 steps an epoch, 56 in all; a checkpoint every 3 steps.
 TINY = ["--data", "digits", "--model", "r18_0.25x_sk0", "--image-size", "16", "--batch-size", "64",
-        "--workers", "0", "--no-tensorboard", "--log-every", "1", "--seed", "5", "--checkpoint-every", "3"]
+        "--workers", "0", "--no-tensorboard", "--log-every", "1", "--log-seconds", "0", "--seed", "5",
+        "--checkpoint-every", "3"]
 TOTAL_STEPS = 56
 WAIT = 240  # seconds any one wait may take before the test gives up (never reached normally)
 STEP_LINE = re.compile(r"^pretrain step (\d+)/(\d+)")

@@ -62,13 +62,13 @@ def test_one_point_series_have_markers_and_equal_values_do_not_hide_each_other(t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from simclrv2.commands.report import _plot_label_fractions, _plot_stage_curve
+    from simclrv2.commands.report import _plot_label_fractions, _plot_panel
 
     folder = tmp_path / "stage"
     folder.mkdir()
     (folder / "metrics.jsonl").write_text(json.dumps({"kind": "train", "epoch": 1.0, "loss": 0.5}) + "\n")
     fig, ax = plt.subplots()
-    assert _plot_stage_curve(ax, folder, "stage")
+    assert _plot_panel(ax, folder, "stage")
     assert ax.lines[0].get_marker() == "o" and len(ax.lines[0].get_xdata()) == 1
     plt.close(fig)
     stages = {name: {"kind": kind, "labels": "1%", "student": None, "holdout_top1": 0.9}

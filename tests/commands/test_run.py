@@ -150,7 +150,7 @@ data: digits
 holdout: 0.2
 seed: 3
 labels: ["2/class"]
-common: {{image_size: 16, workers: 0, tensorboard: false, log_every: 1, checkpoint_every: 2}}
+common: {{image_size: 16, workers: 0, tensorboard: false, log_every: 1, log_seconds: 0, checkpoint_every: 2}}
 pretrain: {{model: r18_0.125x_sk0, epochs: 2, batch_size: 128, temperature: 0.5, flip: false, knn_monitor: false}}
 linear_eval: {{epochs: 2, batch_size: 256}}
 finetune: {{epochs: 12, lr: 0.1}}

@@ -58,6 +58,25 @@ def test_a_pipe_gets_plain_log_lines(tiny_pretrained, tmp_path):
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\r" not in proc.stderr
+    # the first and the last step (a line at most every 30 s between them: these take less)
     assert [line.split(" epoch")[0] for line in proc.stderr.splitlines() if line.startswith("finetune step ")] == [
-        f"finetune step {k}/3" for k in (1, 2, 3)]
+        f"finetune step {k}/3" for k in (1, 3)]
     assert "held-out top-1" in proc.stdout and "{" not in proc.stdout  # the summary, not a JSON dump
+
+
+def test_plain_lines_come_at_most_every_30_seconds_with_the_steps_headline(caplog):
+    """Not on a terminal: a line at the first step, then at most one per --log-seconds (30), and at the last
+    step; a step whose headline is not its loss shows the headline by name, and the loss beside it."""
+    from simclrv2.engine.display import Display
+
+    now = [0.0]
+    display = Display("distill", 100, 0, main=True, bar=False, headline=("distill_kl_t2", "KL to teacher x tau^2"),
+                      seconds=30.0, clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="simclrv2"):
+        for step in range(1, 101):
+            now[0] = step * 1.0  # a step a second
+            display.train({"step": step, "epoch": step / 10, "loss": 300.0, "distill_kl_t2": 0.02, "lr": 0.1,
+                           "images_per_s": 50.0})
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" epoch")[0] for line in lines] == [f"distill step {k}/100" for k in (1, 31, 61, 91, 100)]
+    assert "KL to teacher x tau^2 0.0200 (loss 300.0000) lr 0.1" in lines[0]

@@ -105,7 +105,7 @@ def test_a_signal_before_the_first_step_stops_at_once_and_removes_the_new_folder
 def test_a_live_run_refuses_a_second_process_and_a_killed_one_does_not_block_resume(tmp_path):
     out = tmp_path / "busy"
     first = subprocess.Popen([sys.executable, "-m", "simclrv2", "pretrain", *TINY, "--epochs", "5",
-                              "--checkpoint-every", "2", "--log-every", "1", "--out", str(out)],
+                              "--checkpoint-every", "2", "--log-every", "1", "--log-seconds", "0", "--out", str(out)],
                              stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         for line in first.stderr:  # wait until it trains: the lock is held and a checkpoint exists

@@ -1,4 +1,4 @@
-"""Fine-tuning, the supervised baseline, linear evaluation and evaluation on scikit-learn digits."""
+"""Fine-tuning, the supervised baseline and evaluation on scikit-learn digits."""
 
 import json
 import subprocess
@@ -18,7 +18,6 @@ from simclrv2.metrics import classification_metrics, predict_logits
 from simclrv2.models.checkpoints import load_classifier
 from simclrv2.engine import train
 from simclrv2.stages.finetune import FinetuneConfig, default_finetune_lr, resolve
-from simclrv2.stages.linear_eval import LinearEvalConfig
 
 COMMON = dict(data="digits", workers=0, holdout=0.2, log_every=20, tensorboard=False)
 # The fine-tuning recipe of the demo (configs/demo.yaml): SPEC's, with a learning rate and
@@ -79,19 +78,6 @@ def test_head_layer_auto_scores_each_layer_and_keeps_the_best(pretrained, tmp_pa
     assert record["fit_images"] + record["score_images"] == 60
     for j in range(3):
         assert (run / "head_layer_search" / f"head_layer_{j}" / "result.json").is_file()
-
-
-def test_linear_eval_trains_only_the_linear_layer(pretrained, tmp_path):
-    cfg = from_mapping(LinearEvalConfig, {**COMMON, "out": str(tmp_path / "lin"), "from": str(pretrained),
-                                          "epochs": 10, "batch_size": 256, "flip": False})
-    result = train(cfg)
-    assert result["holdout_top1"] > 0.6
-    source = load_checkpoint(pretrained)["model"]
-    model = load_checkpoint(tmp_path / "lin" / "model.pt")["model"]
-    encoder_keys = [k for k in model if k.startswith("encoder.")]
-    assert any("running_mean" in k for k in encoder_keys)
-    for key in encoder_keys:  # weights and BN statistics frozen
-        assert torch.equal(model[key], source[key]), key
 
 
 def test_evaluate_agrees_with_an_independent_computation(pretrained, tmp_path):

@@ -113,6 +113,9 @@ class RunOptions:
     resume: Optional[str] = option(None, "continue from this checkpoint, or 'auto' for the latest good "
                                    "one in the run folder", cli=False)
     log_every: int = option(10, "steps between metric lines", minimum=1)
+    log_seconds: float = option(30.0, "seconds between two progress lines when not on a terminal (a log file, "
+                                "a scheduler); the first and last step always get one; 0: every --log-every steps",
+                                minimum=0)
     checkpoint_every: int = option(0, "steps between checkpoints (0: only every --checkpoint-epochs)",
                                    minimum=0)
     checkpoint_epochs: int = option(1, "epochs between checkpoints", minimum=1)

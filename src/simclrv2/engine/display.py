@@ -2,8 +2,13 @@
 
 On a terminal (stderr is a TTY) the main process draws one tqdm bar per stage: steps done, rate, time
 left, and the latest loss, learning rate and held-out figure; log messages print above it. When stderr
-is a file or a pipe (CI, ``nohup``, a job scheduler) a plain line is logged every ``--log-every`` steps
-instead, which a log file keeps readable. Under torchrun only the first process shows anything.
+is a file or a pipe (CI, ``nohup``, a job scheduler) a plain line with the same figures is logged at most
+every ``--log-seconds`` (30 by default; and at the first and the last step), which a log file keeps readable: a
+stage whose epochs are one step long (fine-tuning on 20 labels) would otherwise write a line per step. Under torchrun
+only the first process shows anything.
+
+The loss shown is the step's ``headline`` (``TrainStep.headline``): the loss it minimises, or a figure that
+says more and is named (distillation: the KL divergence to the teacher times tau^2).
 """
 
 from __future__ import annotations
@@ -13,19 +18,25 @@ import logging
 import os
 import shutil
 import sys
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger("simclrv2")
+
 
 
 class Display:
     """The progress of one stage (see the module docstring)."""
 
-    def __init__(self, stage: str, total: int, done: int, main: bool, bar: bool = True, stream: Any = None):
+    def __init__(self, stage: str, total: int, done: int, main: bool, bar: bool = True, stream: Any = None,
+                 headline: tuple[str, str] = ("loss", "loss"), seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.stage, self.total, self.main = stage, total, main
         self.stream = stream or sys.stderr
         self.bar = None
         self.figures: dict[str, str] = {}
+        self.headline, self.seconds, self.clock = headline, seconds, clock
+        self.last_line: float | None = None
         if main and bar and _is_terminal(self.stream):
             from tqdm import tqdm
 
@@ -58,13 +69,20 @@ class Display:
         """A logging step's figures (``metrics.jsonl``'s train record)."""
         if not self.main:
             return
-        loss = record.get("loss", float("nan"))
+        key, label = self.headline
+        value = record.get(key, float("nan"))
         if self.bar is not None:
-            self.figures.update(loss=f"{loss:.4f}", lr=f"{record['lr']:.3g}")
+            self.figures.update({label: f"{value:.4f}", "lr": f"{record['lr']:.3g}"})
             self.bar.set_postfix(self.figures, refresh=False)
             return
-        log.info("%s step %d/%d epoch %.2f loss %.4f lr %.4g %.1f img/s", self.stage, record["step"], self.total,
-                 record["epoch"], loss, record["lr"], record["images_per_s"])
+        now = self.clock()
+        due = self.last_line is None or now - self.last_line >= self.seconds or record["step"] >= self.total
+        if not due:
+            return
+        self.last_line = now
+        also = f" (loss {record['loss']:.4f})" if key != "loss" and "loss" in record else ""
+        log.info("%s step %d/%d epoch %.2f %s %.4f%s lr %.4g %.1f img/s", self.stage, record["step"], self.total,
+                 record["epoch"], label, value, also, record["lr"], record["images_per_s"])
 
     def evaluation(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Held-out figures: kept on the bar, and logged (a line above the bar on a terminal)."""

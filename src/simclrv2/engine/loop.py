@@ -132,7 +132,8 @@ class Engine:
         self.record = dataclasses.replace(parts.record, held_out=held_out, config=to_dict(saved), versions=versions())
         self.bad_steps = torch.zeros((), device=runtime.device)
         self.metrics = MetricsLog(folder.path / METRICS_FILE, runtime.is_main, cfg.tensorboard)
-        self.display = Display(self.record.stage, self.progress.total_steps, 0, runtime.is_main, bar=False)
+        self.display = Display(self.record.stage, self.progress.total_steps, 0, runtime.is_main, bar=False,
+                               headline=self.step.headline, seconds=cfg.log_seconds)
 
     @property
     def draws_ahead(self) -> bool:
@@ -185,7 +186,8 @@ class Engine:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         p = self.progress
-        self.display = Display(self.record.stage, p.total_steps, p.step, self.runtime.is_main, bar=True)
+        self.display = Display(self.record.stage, p.total_steps, p.step, self.runtime.is_main, bar=True,
+                               headline=self.step.headline, seconds=self.cfg.log_seconds)
         with self.display.active():
             return self._fit()
 

@@ -63,9 +63,12 @@ class TrainStep:
 
     What the engine, the memory estimate and the benchmarks read, by name: ``model`` (the plain
     network, saved), ``net`` (the network the step calls: ``model`` wrapped by DDP or compile),
-    ``settings`` (channels-last, micro-batch, precision) and ``modules()`` (every module the step
-    holds, for the memory estimate's data-free twin).
+    ``settings`` (channels-last, micro-batch, precision), ``modules()`` (every module the step
+    holds, for the memory estimate's data-free twin) and ``headline`` (the logged figure the progress
+    display shows, and its name).
     """
+
+    headline: tuple[str, str] = ("loss", "loss")  # (key of the step's logs or "loss", the name it is shown by)
 
     def __init__(self, model: nn.Module, net: nn.Module, settings: StepSettings):
         self.model, self.net, self.settings = model, net, settings
