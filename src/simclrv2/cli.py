@@ -104,11 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="simclrv2.commands.download:cmd_download")
     for stage in stages():
         add_stage_command(sub, stage)
+    add_views_command(sub)
     add_classifier_commands(sub)
     add_feature_commands(sub)
     add_pipeline_commands(sub)
     add_convert_commands(sub)
     return parser
+
+
+def add_views_command(sub) -> None:
+    """``views``: the two training views of a few images, drawn as pretraining draws them."""
+    from .commands.views import view_options  # torch-free: it imports torch only when it runs
+    from .config import add_arguments
+
+    p = sub.add_parser("views", help="the two augmented views pretraining draws of N images, as PNGs and a "
+                       "contact sheet", description=module_doc("commands.views"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for <i>_a.png, <i>_b.png, "
+                   "contact_sheet.png and views.csv (new or empty)")
+    p.add_argument("--n", type=positive_int, default=16, help="images whose views are drawn (default 16)")
+    p.add_argument("--batch-size", dest="views_batch", type=positive_int, default=None, metavar="B",
+                   help="draw them as a step of B images does and keep the first --n: the views of a run "
+                        "with --batch-size B (random numbers are drawn per batch; default: --n)")
+    p.add_argument("--overwrite", action="store_true", help="replace the views in a non-empty --out")
+    add_arguments(p, view_options())
+    p.set_defaults(func="simclrv2.commands.views:cmd_views")
 
 
 def add_classifier_commands(sub) -> None:
