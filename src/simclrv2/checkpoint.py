@@ -20,12 +20,14 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -84,6 +86,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(data))
+
+
+@contextmanager
+def written_together(folder: str | os.PathLike, last: str | None = None, stale: Iterable[str] = ()) -> Iterator[Path]:
+    """Outputs that belong together appear together: the block writes them into the folder it is given
+    (hidden, inside ``folder``); when it ends without error they are renamed into ``folder`` (``last``, the
+    "finished" marker, is removed first and renamed last; the files named in ``stale`` that this write does
+    not replace are removed). An error or a kill inside the block leaves ``folder`` as it was (a kill leaves
+    a hidden ``.staging.*.tmp`` folder, which the next write there removes)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(".staging.*.tmp"):
+        shutil.rmtree(old, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=folder))
+    try:
+        yield staging
+        names = sorted(p.name for p in staging.iterdir())
+        if last in names:
+            names.remove(last)
+            names.append(last)
+        if last:
+            (folder / last).unlink(missing_ok=True)
+        for name in stale:
+            if name not in names and (folder / name).is_file():
+                (folder / name).unlink()
+        for name in names:
+            os.replace(staging / name, folder / name)
+        _fsync_dir(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:

@@ -125,6 +125,7 @@ def add_classifier_commands(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                    "or one folder")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never the model or an image)")
     p.add_argument("--top-k", type=positive_int, default=1, help="classes per image (default 1)")
     p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
@@ -174,6 +175,8 @@ def add_feature_commands(sub) -> None:
     p.add_argument("--holdout", type=float, default=0.0, metavar="F",
                    help="the --holdout your fine-tuning will use (with the same --seed): those images are never chosen")
     p.add_argument("--no-figures", action="store_true", help="skip the contact sheet and the t-SNE map")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a selection already in --out (its files are replaced once the new ones are written)")
     p.set_defaults(func="simclrv2.commands.select:cmd_select")
 
 
@@ -263,6 +266,7 @@ def add_convert_commands(sub) -> None:
                    help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student)")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write; FILE.json goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never the --model file)")
     p.add_argument("--image-size", type=image_side, default=None, metavar="N",
                    help="input height and width (default: the size the model was trained at); ONNX and "
                         "TorchScript are fixed to it")

@@ -31,6 +31,7 @@ from ..checkpoint import atomic_write_bytes, file_sha256
 from ..errors import UserError
 from ..models.checkpoints import load_classifier
 from ..names import FORMATS
+from .outputs import check_output_file
 
 CROP_PROPORTION = 0.875
 ONNX_OPSET = 17
@@ -106,10 +107,18 @@ EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, dict[str, Any]], bytes]]
 
 
 def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
-                 image_size: int | None = None) -> Path:
-    """Export the classifier of ``checkpoint_path`` as ``fmt``; writes ``out_path`` and ``<out_path>.json``."""
+                 image_size: int | None = None, overwrite: bool = False) -> Path:
+    """Export the classifier of ``checkpoint_path`` as ``fmt``; writes ``out_path`` and ``<out_path>.json``
+    (neither may be the checkpoint; existing files are replaced only with ``overwrite``)."""
     if fmt not in EXPORTERS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if not Path(checkpoint_path).is_file():  # a missing input first, then a missing extra
+        raise UserError(f"checkpoint {checkpoint_path} does not exist: pass the path of a .pt file written by simclrv2")
+    out = Path(out_path)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give the file to write, e.g. {out / ('model.' + fmt)}")
+    check_output_file(out, [checkpoint_path], overwrite)
+    check_output_file(out.with_name(out.name + ".json"), [checkpoint_path], True)
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise UserError("--format onnx needs the onnx package: pip install 'simclrv2[onnx]' (or export as "
                         "torchscript or safetensors)")
@@ -118,9 +127,6 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
     size = record.image_size if image_size is None else image_size
     if size <= 0:
         raise UserError(f"--image-size must be positive, got {size}")
-    out = Path(out_path)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give the file to write, e.g. {out / ('model.' + fmt)}")
     example = torch.rand(EXAMPLE_BATCH, 3, size, size)
     names = record.named_classes()
     meta = {
@@ -146,6 +152,6 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a classifier checkpoint and say where the files went."""
-    out = export_model(args.model, args.format, args.out, image_size=args.image_size)
+    out = export_model(args.model, args.format, args.out, image_size=args.image_size, overwrite=args.overwrite)
     print(f"Exported {args.model} as {args.format} to {out} (preprocessing and class names in {out}.json).")
     return 0

@@ -25,16 +25,17 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..checkpoint import atomic_write_bytes
+from ..checkpoint import atomic_write_bytes, written_together
 from ..config import option
 from ..data import ImageSet, holdout_split, open_images
 from ..data.annotations import listed_indices, relabeled
-from .embed import Embedding, check_out_folder, embed_checkpoint, write_embedding
+from .embed import FEATURES, INDEX, Embedding, check_out_folder, embed_checkpoint, locked_output, write_embedding
 from ..errors import UserError
 from ..selection import figures
 from ..selection.methods import DEFAULT_METHOD, METHODS, Selection, parse_budget, select
@@ -42,6 +43,9 @@ from ..selection.methods import DEFAULT_METHOD, METHODS, Selection, parse_budget
 log = logging.getLogger("simclrv2")
 
 SELECTED, SELECTION_CSV, SUMMARY = "selected.txt", "selection.csv", "selection.json"
+CONTACT_SHEET, MAP = "contact_sheet.png", "map.png"
+# Every file a selection writes: a new one replaces them all (figures it does not draw are removed).
+OUTPUTS = (SELECTED, SELECTION_CSV, SUMMARY, CONTACT_SHEET, MAP, FEATURES, INDEX)
 
 
 def without_labels(images: ImageSet) -> ImageSet:
@@ -61,11 +65,15 @@ def candidate_pool(images: ImageSet, holdout: float, seed: int) -> np.ndarray:
 def run_selection(model: str, data: str, budget: str | int, out: str | Path, method: str = DEFAULT_METHOD,
                   labeled: str | None = None, seed: int = 0, layer: int = 0, holdout: float = 0.0,
                   image_size: int | None = None, batch_size: int = 256, workers: int | None = None,
-                  device: str = "auto", figures_on: bool = True) -> dict[str, Any] | None:
-    """Embed, choose and write the outputs (see the module docstring); the summary, on the first process."""
+                  device: str = "auto", figures_on: bool = True, overwrite: bool = False) -> dict[str, Any] | None:
+    """Embed, choose and write the outputs (see the module docstring); the summary, on the first process.
+    ``out`` is locked while it runs; an earlier selection there is replaced only with ``overwrite``, and
+    only once the new one is written (all its files together)."""
     from ..distributed import barrier, is_main_process
 
     out = check_out_folder(out)
+    if (out / SUMMARY).is_file() and not overwrite:
+        raise UserError(f"{out} holds a selection already: pass --overwrite to replace it or choose another --out")
     if method not in METHODS:
         raise UserError(f"--method {method!r} is not a selection method: use one of {', '.join(METHODS)}")
     if not 0 <= holdout < 1:
@@ -81,6 +89,21 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
                         f"(e.g. {images.describe(int(held[0]))}): use the --holdout and --seed of that round")
     count = parse_budget(budget, len(np.setdiff1d(pool, before)))
     started = time.perf_counter()
+    with locked_output(out) if is_main_process() else nullcontext():
+        summary = _embed_and_choose(model, images, pool, before, out, dict(
+            method=method, budget=count, requested=str(budget), seed=seed, layer=layer, data=data, holdout=holdout,
+            labeled=labeled), image_size, batch_size, workers, device, figures_on, started)
+    barrier()  # under torchrun the other processes go on (to fine-tune on the selection) once it is written
+    return summary
+
+
+def _embed_and_choose(model: str, images: ImageSet, pool: np.ndarray, before: np.ndarray, out: Path,
+                      asked: dict[str, Any], image_size: int | None, batch_size: int, workers: int | None,
+                      device: str, figures_on: bool, started: float) -> dict[str, Any] | None:
+    from ..distributed import is_main_process
+
+    method, count, budget, seed, layer = (asked[k] for k in ("method", "budget", "requested", "seed", "layer"))
+    data, holdout, labeled = asked["data"], asked["holdout"], asked["labeled"]
     embedding = embed_checkpoint(model, images, layer, image_size, batch_size, workers, device, progress=True)
     summary = None
     if is_main_process():
@@ -89,7 +112,6 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
                    "candidates": int(len(pool) - len(before)), "labeled_before": int(len(before)),
                    "selected": int(len(before) + count), "labeled": labeled}
         _choose_and_write(embedding, pool, before, summary, out, figures_on, started)
-    barrier()  # under torchrun the other processes go on (to fine-tune on the selection) once it is written
     return summary
 
 
@@ -99,14 +121,20 @@ def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray
     images, method, count, seed = embedding.images, summary["method"], summary["budget"], summary["seed"]
     log.info("choosing %d of %d images (%s, seed %d)", count, len(pool) - len(before), method, seed)
     selection = select(embedding.features, count, method, labeled=before, candidates=pool, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)  # an earlier selection here is not "finished" while this one is written
+    with written_together(out, last=SUMMARY, stale=OUTPUTS) as staging:
+        _write_outputs(embedding, selection, before, summary, staging, figures_on, started)
+
+
+def _write_outputs(embedding: Embedding, selection: Selection, before: np.ndarray, summary: dict[str, Any],
+                   out: Path, figures_on: bool, started: float) -> None:
+    images, method, count, seed = embedding.images, summary["method"], summary["budget"], summary["seed"]
+    pool_size = summary["candidates"]
     write_embedding(embedding, out)
     write_selected(out / SELECTED, images, before, selection.chosen)
     write_selection_csv(out / SELECTION_CSV, images, selection)
     if figures_on:
         ranks = [f"#{r}" for r in range(1, len(selection.chosen) + 1)]
-        figures.contact_sheet(images, selection.chosen, out / "contact_sheet.png", ranks)
+        figures.contact_sheet(images, selection.chosen, out / CONTACT_SHEET, ranks)
         rows = figures.mapped_sample(len(images), np.concatenate([before, selection.chosen]), seed)
         rows = rows[np.isfinite(embedding.features[rows]).all(1)]
         xy = figures.tsne_2d(embedding.features[rows], seed)
@@ -114,7 +142,7 @@ def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray
         marked = np.array([position[int(i)] for i in selection.chosen if int(i) in position], dtype=np.int64)
         old = np.array([position[int(i)] for i in before if int(i) in position], dtype=np.int64)
         colour = selection.assignment[rows] if selection.assignment is not None else None
-        figures.plot_map(xy, out / "map.png", f"{method}: {count} chosen of {len(pool) - len(before)} (t-SNE)",
+        figures.plot_map(xy, out / MAP, f"{method}: {count} chosen of {pool_size} (t-SNE)",
                          colour=colour, chosen=marked, labeled=old)
     summary["seconds"] = time.perf_counter() - started  # embedding, choosing and the figures
     atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode())
@@ -171,7 +199,7 @@ def write_selected(path: Path, images: ImageSet, before: np.ndarray, chosen: np.
             raise UserError(f"cannot record {described!r} in {path}: its name contains a tab or line break; "
                             "rename the file")
         lines.append(described + "\n")
-    atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+    atomic_write_bytes(path, "".join(lines).encode("utf-8", "surrogateescape"))
 
 
 def write_selection_csv(path: Path, images: ImageSet, selection: Selection) -> None:
@@ -181,13 +209,13 @@ def write_selection_csv(path: Path, images: ImageSet, selection: Selection) -> N
     writer.writerow(["path", "cluster", "score", "rank"])
     for rank, (i, cluster, score) in enumerate(zip(selection.chosen, selection.cluster, selection.score), 1):
         writer.writerow([images.describe(int(i)), "" if cluster < 0 else int(cluster), f"{score:.6g}", rank])
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     summary = run_selection(args.model, args.data, args.budget, args.out, args.method, args.labeled, args.seed,
                             args.layer, args.holdout, args.image_size, args.batch_size, args.workers, args.device,
-                            not args.no_figures)
+                            not args.no_figures, args.overwrite)
     if summary is not None:
         print(f"chose {summary['budget']} of {summary['candidates']} images ({summary['method']}): "
               f"{Path(args.out) / SELECTED} lists the {summary['selected']} to label; "

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist_utils
-from ..config import StageConfig, save_yaml, to_dict, with_absolute_paths
+from ..config import StageConfig, flag_of, save_yaml, to_dict, with_absolute_paths
 from ..data.loader import Batch, Loader
 from ..distributed import Runtime
 from ..errors import UserError
@@ -338,7 +338,9 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
     runtime = dist_utils.setup(cfg.device)
     folder = RunFolder(cfg.out, cfg.keep_checkpoints)
     with StopSignals() as stop:
-        folder.check(cfg.resume, cfg.overwrite)
+        if runtime.is_main:
+            folder.recover()
+        folder.check(cfg.resume, cfg.overwrite, input_paths(cfg))
         resume = None if cfg.overwrite else resume_checkpoint(folder, cfg.resume)
         dist_utils.barrier()  # every process has checked the folder before the main one locks it
         if runtime.is_main:
@@ -356,7 +358,7 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
                 engine.restore(*resume)
             if runtime.is_main:
                 if cfg.overwrite:
-                    folder.clear()
+                    folder.set_aside()  # deleted once the new run has finished, put back if it fails
                 save_yaml(engine.record.config, folder.path / "config.yaml")
                 if parts.labeled is not None:
                     parts.labeled.write_labeled(folder.path / "labeled.txt")
@@ -366,10 +368,25 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
                 result["memory_estimate_gib"] = round(estimate.peak / GIB, 3)
             engine.save_final(result)
             failed = False
+            if runtime.is_main:
+                folder.drop_replaced()
+        except BaseException as exc:
+            # Stopped by a signal after a checkpoint: resumable, and a run it replaces waits in .replaced.
+            resumable = isinstance(exc, Preempted) and exc.checkpoint is not None
+            if runtime.is_main and not resumable and folder.restore_replaced():
+                log.warning("%s holds the earlier run again, as it was: the --overwrite run did not finish",
+                            folder.path)
+            raise
         finally:
             if runtime.is_main:
                 folder.release(failed)
     return result
+
+
+def input_paths(cfg: StageConfig) -> dict[str, str]:
+    """The files and folders a run reads, by flag (``--from``, ``--data``, ``--labels``, ...)."""
+    return {flag_of(f): getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("path") and isinstance(getattr(cfg, f.name), str)}
 
 
 def train(cfg: StageConfig) -> dict[str, Any]:
