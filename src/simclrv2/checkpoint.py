@@ -77,10 +77,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)  # (a partial file would hold the space a full disk needs)
+        raise _naming(exc, path)
     _fsync_dir(path.parent)
+
+
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """``exc``, or for an OSError that names no file (a failed flush), the same error naming ``path``."""
+    if isinstance(exc, OSError) and not exc.filename and exc.errno:
+        renamed = OSError(exc.errno, exc.strerror or str(exc), str(path))
+        renamed.__cause__ = exc
+        return renamed
+    return exc
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -126,16 +135,52 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            torch_save_to(obj, f, path)
             f.flush()
             os.fsync(f.fileno())
         digest = file_sha256(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)  # (a partial file would hold the space a full disk needs)
+        raise _naming(exc, path)
     _fsync_dir(path.parent)
     return digest
+
+
+class _WriteErrors:
+    """A file for ``torch.save`` that remembers the OSError of a failed write: torch's zip writer turns it
+    into a RuntimeError with a garbled text ("unexpected pos 704 vs 598")."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def torch_save_to(obj: Any, file: BinaryIO, path: str | os.PathLike) -> None:
+    """``torch.save(obj, file)``; a failed write (a full disk) raises its OSError, naming ``path``."""
+    recorder = _WriteErrors(file)
+    try:
+        torch.save(obj, recorder)
+        recorder.flush()
+    except (RuntimeError, OSError) as exc:
+        error = recorder.error
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from exc
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -274,17 +276,38 @@ def add_convert_commands(sub) -> None:
 
 
 def user_error(exc: BaseException) -> str | None:
-    """The one-line message for an error the user can fix (disk, memory), else None."""
+    """The one-line message for an error the user can fix (disk, links, permissions, memory), else None."""
     if isinstance(exc, OSError):
-        what = f"{exc.filename}: " if exc.filename else ""
-        return f"cannot write or read {what}{exc.strerror or exc}: free disk space, fix the permissions, or choose " \
-               "another --out"
+        return _os_error(exc)
     import torch
 
+    text = str(exc)
     if isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
-            isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))):
-        return "out of memory: lower --batch-size (or --image-size)"
+            isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+        asked = re.search(r"allocate (\d+) bytes|Tried to allocate ([\d.]+ [GMK]iB)", text)
+        size = ""
+        if asked:
+            size = f" ({int(asked.group(1)) / 2**30:.1f} GiB asked at once)" if asked.group(1) else f" ({asked.group(2)} asked at once)"
+        return (f"out of memory{size}: lower --batch-size or --image-size, add --micro-batch, or choose a smaller "
+                "--model (the weights, and a classifier's number of classes, count too)")
     return None
+
+
+def _os_error(exc: OSError) -> str:
+    """A file error in one line, with the fix its cause calls for."""
+    name = exc.filename if isinstance(exc.filename, str) else (os.fsdecode(exc.filename) if exc.filename else None)
+    what = name or "a file"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"cannot write {what}: {reason} (the disk or your quota is full, or a file-size limit is set): "
+                "free disk space or choose another --out")
+    if exc.errno == errno.ELOOP:
+        return f"cannot open {what}: it is a symbolic link that points to itself or into a loop: fix or remove the link"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write or read {what}: {reason}: fix the permissions or choose another --out"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"{what} does not exist ({reason}): check the path"
+    return f"cannot write or read {what}: {reason}: check the path, the disk and the permissions"
 
 
 def main(argv: list[str] | None = None) -> int:

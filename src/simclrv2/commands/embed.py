@@ -173,7 +173,10 @@ def locked_output(out: Path) -> Iterator[None]:
 
 
 def check_out_folder(out: str | Path, option: str = "--out") -> Path:
+    from ..engine.run_folder import check_not_dangling
+
     out = Path(out)
+    check_not_dangling(out, option)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out} is a file: give the folder to write into")
     return out

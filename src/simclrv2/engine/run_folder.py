@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -52,6 +53,16 @@ RUN_FILES = (RESULT_FILE, MODEL_FILE, MODEL_FILE + ".sha256", METRICS_FILE, "ten
              "report.md", "training_curves.png", "confusion_matrix.png", "embedding_tsne.png", "evaluation")
 
 
+def check_not_dangling(path: Path, option: str = "--out") -> None:
+    """Refuse an output that is a symbolic link to nothing, or to itself (a loop of links)."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (path.is_symlink() and exc.errno == errno.ENOENT):
+            raise UserError(f"{option} {path} is a symbolic link that points to itself, into a loop or to nothing: "
+                            f"fix or remove the link, or choose another {option}") from None
+
+
 class RunFolder:
     """One run's folder (see the module docstring for its rules)."""
 
@@ -71,6 +82,7 @@ class RunFolder:
 
     def check(self, resume: str | None, overwrite: bool, inputs: dict[str, str] | None = None) -> None:
         """Refuse what would lose or mix a run; reads only. ``inputs``: the files the run reads, by flag."""
+        check_not_dangling(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file, not a folder: choose another --out")
         if overwrite and resume:
