@@ -280,7 +280,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("record" if version >= 2 else "model_config", "model"):
         if key not in payload:
             raise UserError(f"checkpoint {path} has no '{key}' entry: it is incomplete; re-create it")
+    _check_finite_weights(path, payload["model"])
     return payload
+
+
+def _check_finite_weights(path: Path, state: Any) -> None:
+    """Refuse weights holding NaN or infinity: a model that evaluates and predicts, silently, nonsense."""
+    if not isinstance(state, dict):
+        return
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"checkpoint {path} holds non-finite weights ({bad} of {tensor.numel()} values of {name} "
+                            "are NaN or infinite): the training that wrote it diverged; use an earlier checkpoint "
+                            "or train again (lower --lr)")
 
 
 # What torch's weights-only unpickler says when a file holds classes or functions (not garbage).

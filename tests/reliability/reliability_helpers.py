@@ -18,11 +18,14 @@ def simclrv2(*args, timeout=300, env=None, cwd=None):
 
 
 def one_line_error(proc, *fragments):
-    """Exit code 2 and a single line on stderr holding every fragment."""
+    """Exit code 2, no traceback, and one error line (the last on stderr; a training run logs its start
+    above it) holding every fragment; returns that line."""
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and all(f in lines[0] for f in fragments), proc.stderr[-3000:]
-    return lines[0]
+    errors = [line for line in lines if line.startswith("simclrv2: error:")]
+    assert "Traceback" not in proc.stderr and errors == lines[-1:], proc.stderr[-3000:]
+    assert all(f in errors[0] for f in fragments), proc.stderr[-3000:]
+    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -33,6 +33,8 @@ import torch
 
 from .. import distributed as dist_utils
 from ..config import StageConfig, flag_of, save_yaml, to_dict, with_absolute_paths
+from ..checkpoint import list_checkpoints
+from ..data.images import set_max_pixels
 from ..data.loader import Batch, Loader
 from ..distributed import Runtime
 from ..errors import UserError
@@ -273,9 +275,15 @@ class Engine:
 
     def _check_finite(self) -> None:
         if self.cfg.on_nan == "stop" and dist_utils.all_reduce_mean(self.bad_steps.float()).item() > 0:
-            raise NonFiniteLoss(
-                f"the loss became NaN or infinite near step {self.progress.step}: the last good checkpoint is "
-                f"kept in {self.folder.checkpoints.directory}; lower --lr, use --precision fp32, or --on-nan skip")
+            written = list_checkpoints(self.folder.checkpoints.directory)
+            if self.folder.replacing:
+                kept = "the run it was replacing is put back as it was"
+            elif written:
+                kept = f"the last good checkpoint, {written[-1]}, is kept"
+            else:
+                kept = "no checkpoint had been written"
+            raise NonFiniteLoss(f"the loss became NaN or infinite near step {self.progress.step} ({kept}): lower --lr, "
+                                "use --precision fp32, or --on-nan skip")
 
     def _stop_requested(self) -> bool:
         """Whether any process got a stop signal (agreed on by all processes)."""
@@ -336,6 +344,7 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
     earlier run is removed (``--overwrite``) only then.
     """
     runtime = dist_utils.setup(cfg.device)
+    set_max_pixels(cfg.max_image_pixels)  # before any loader forks its workers
     folder = RunFolder(cfg.out, cfg.keep_checkpoints)
     with StopSignals() as stop:
         if runtime.is_main:

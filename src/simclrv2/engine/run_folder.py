@@ -74,6 +74,11 @@ class RunFolder:
         self._set_aside = False  # this process moved the old run into .replaced
 
     @property
+    def replacing(self) -> bool:
+        """Whether this process moved an earlier run into .replaced (``--overwrite``), to put back if it fails."""
+        return self._set_aside
+
+    @property
     def finished(self) -> bool:
         return (self.path / RESULT_FILE).is_file()
 
