@@ -112,21 +112,20 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
     (neither may be the checkpoint; existing files are replaced only with ``overwrite``)."""
     if fmt not in EXPORTERS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if not Path(checkpoint_path).is_file():  # a missing input first, then a missing extra
-        raise UserError(f"checkpoint {checkpoint_path} does not exist: pass the path of a .pt file written by simclrv2")
     out = Path(out_path)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give the file to write, e.g. {out / ('model.' + fmt)}")
-    check_output_file(out, [checkpoint_path], overwrite)
-    check_output_file(out.with_name(out.name + ".json"), [checkpoint_path], True)
-    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise UserError("--format onnx needs the onnx package: pip install 'simclrv2[onnx]' (or export as "
-                        "torchscript or safetensors)")
+    # Every input first (a missing or wrong checkpoint, a bad size), then the outputs, then a missing extra.
     model, record = load_classifier(checkpoint_path)
     config = record.model_config
     size = record.image_size if image_size is None else image_size
     if size <= 0:
         raise UserError(f"--image-size must be positive, got {size}")
+    check_output_file(out, [checkpoint_path], overwrite)
+    check_output_file(out.with_name(out.name + ".json"), [checkpoint_path], True)
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise UserError("--format onnx needs the onnx package: pip install 'simclrv2[onnx]' (or export as "
+                        "torchscript or safetensors)")
     example = torch.rand(EXAMPLE_BATCH, 3, size, size)
     names = record.named_classes()
     meta = {
