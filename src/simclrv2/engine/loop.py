@@ -341,7 +341,8 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
     """Build a stage from ``cfg`` and train it in ``cfg.out``; the result (also in OUT/result.json).
 
     Every input is checked (data, labels, checkpoints, model) before the folder is changed; an
-    earlier run is removed (``--overwrite``) only then.
+    earlier run (``--overwrite``) is moved aside only then, deleted once this run has finished and put
+    back if it fails (``RunFolder.set_aside``).
     """
     runtime = dist_utils.setup(cfg.device)
     set_max_pixels(cfg.max_image_pixels)  # before any loader forks its workers
