@@ -299,14 +299,14 @@ def _os_error(exc: OSError) -> str:
     what = name or "a file"
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (f"cannot write {what}: {reason} (the disk or your quota is full, or a file-size limit is set): "
-                "free disk space or choose another --out")
+        return (f"cannot write {what}: {reason}: free disk space or choose another --out (the disk or your quota "
+                "is full, or a file-size limit is set)")
     if exc.errno == errno.ELOOP:
         return f"cannot open {what}: it is a symbolic link that points to itself or into a loop: fix or remove the link"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write or read {what}: {reason}: fix the permissions or choose another --out"
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return f"{what} does not exist ({reason}): check the path"
+        return f"cannot write or read {what}: {reason}: check the path (can its folder be created there?)"
     return f"cannot write or read {what}: {reason}: check the path, the disk and the permissions"
 
 
