@@ -61,8 +61,9 @@ def test_a_full_disk_while_saving_is_one_line_naming_the_file(tmp_path):
 def test_predict_prints_a_file_name_that_is_not_utf8_as_its_bytes(tmp_path):
     model = small_classifier(tmp_path / "model.pt")
     data = digit_images(tmp_path / "images", count=3, names=["a.png", b"\xe9t\xe9.png", "c.png"])
+    # stdout as in a UTF-8 locale (strict): in the C locale Python's UTF-8 mode would escape the name itself
     proc = subprocess.run([sys.executable, "-m", "simclrv2", "predict", "--model", str(model), str(data)],
-                          capture_output=True, env=ENV, timeout=300)
+                          capture_output=True, env={**ENV, "PYTHONIOENCODING": "utf-8:strict"}, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     assert b"/1/\xe9t\xe9.png," in proc.stdout and len(proc.stdout.splitlines()) == 4
 
