@@ -9,14 +9,15 @@
 #
 #   bash benchmarks/gpu_smoke.sh [WORK_DIR]      # default: a temporary folder, removed at exit
 #
-# Settings by environment: SMOKE_MODEL (r18_0.25x_sk1), SMOKE_SIZE (32), SMOKE_BACKEND (inductor on CUDA,
+# Settings by environment: PYTHON (python), SMOKE_MODEL (r18_0.25x_sk1), SMOKE_SIZE (32), SMOKE_BACKEND (inductor on CUDA,
 # aot_eager on CPU: AOTAutograd traces forward and backward without C++ code generation, in CI time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"  # the interpreter with torch and simclrv2 (tests pass their own: sys.executable)
 
-if python -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 else 1)"; then
+if "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= 2 else 1)"; then
   device=cuda; procs=2
-elif python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+elif "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   device=cuda; procs=1   # one GPU: one process (each process needs its own GPU)
 else
   device=cpu; procs=2
@@ -35,18 +36,18 @@ common=(pretrain --data digits --model "$model" --image-size "$size" --epochs 1 
         --memory 1024 --workers 2 --no-tensorboard --device "$device" --log-every 5)
 
 echo "== 1. torchrun --nproc-per-node $procs: 20 steps, --compile (backend $backend)"
-TORCH_LOGS=graph_breaks python -m torch.distributed.run --standalone --nproc-per-node "$procs" -m simclrv2 \
+TORCH_LOGS=graph_breaks "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$procs" -m simclrv2 \
   "${common[@]}" --out "$work/two" --compile --compile-backend "$backend" --checkpoint-every 10 \
   2> "$work/two.log" || { tail -30 "$work/two.log"; exit 1; }
 grep -E "^memory:" "$work/two.log" | head -1 || true
 
 echo "== 2. resume of the step-10 checkpoint on one process"
 checkpoint=$(ls "$work"/two/checkpoints/*10*.pt | head -1)
-python -m simclrv2 "${common[@]}" --out "$work/one" --resume "$checkpoint" --compile --compile-backend "$backend" \
+"$PYTHON" -m simclrv2 "${common[@]}" --out "$work/one" --resume "$checkpoint" --compile --compile-backend "$backend" \
   2> "$work/one.log" || { tail -30 "$work/one.log"; exit 1; }
 grep -E "resumed from" "$work/one.log" || { echo "the run did not resume"; exit 1; }
 
-python - "$work" <<'EOF'
+"$PYTHON" - "$work" <<'EOF'
 import json, re, sys
 from pathlib import Path
 
@@ -71,9 +72,9 @@ EOF
 
 echo "== 3. gpu_throughput short case"
 if [ "$device" = cuda ]; then
-  python benchmarks/gpu_throughput.py --models r50_1x_sk1 --batch-sizes 128 --classifier-batch 128 --steps 5 --no-fit \
+  "$PYTHON" benchmarks/gpu_throughput.py --models r50_1x_sk1 --batch-sizes 128 --classifier-batch 128 --steps 5 --no-fit \
     --no-compile  # step 1 compiled already; compiling three r50 steps takes minutes
 else
-  python benchmarks/gpu_throughput.py --device cpu --quick
+  "$PYTHON" benchmarks/gpu_throughput.py --device cpu --quick
 fi
 echo "gpu_smoke: ok"

@@ -53,7 +53,7 @@ def test_gpu_smoke_script_runs_on_cpu_with_two_gloo_processes(tmp_path):
     functional collectives). Dynamo deliberately leaves DDP's own forward prelude (its logger,
     ``_inside_ddp_forward``) to eager: those breaks, outside the network, are the only ones the script allows.
     And a checkpoint written by 2 processes resumes on 1."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}  # this interpreter, not PATH's python
     proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_smoke.sh"), str(tmp_path)], capture_output=True, text=True,
                           timeout=600, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

@@ -100,9 +100,18 @@ def test_disk_full_read_only_and_missing_extras_are_one_line_errors(tmp_path, ca
     assert main(["pretrain", *TINY, "--tensorboard", "--out", str(tmp_path / "tb")]) == 2
     _one_line(capsys, "pip install 'simclrv2[tensorboard]'")
     assert not (tmp_path / "tb").exists()
+    from simclrv2.checkpoint import save_checkpoint
     from simclrv2.commands import export
+    from simclrv2.models import build_model, classifier_config
+    from simclrv2.record import Record
+
+    config = classifier_config("r18_0.125x_sk0", num_classes=2, small_images=True)
+    save_checkpoint({"record": Record("finetune", config, 16, ["a", "b"]).to_data(),
+                     "model": build_model(config).state_dict()}, tmp_path / "m.pt")
     monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None)
-    assert main(["export", "--model", "m.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", "--model", "missing.pt", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    _one_line(capsys, "checkpoint missing.pt does not exist")  # a missing input first, then a missing extra
+    assert main(["export", "--model", str(tmp_path / "m.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     _one_line(capsys, "pip install 'simclrv2[onnx]'")
 
 

@@ -20,12 +20,14 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -75,15 +77,54 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)  # (a partial file would hold the space a full disk needs)
+        raise _naming(exc, path)
     _fsync_dir(path.parent)
+
+
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """``exc``, or for an OSError that names no file (a failed flush), the same error naming ``path``."""
+    if isinstance(exc, OSError) and not exc.filename and exc.errno:
+        renamed = OSError(exc.errno, exc.strerror or str(exc), str(path))
+        renamed.__cause__ = exc
+        return renamed
+    return exc
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(data))
+
+
+@contextmanager
+def written_together(folder: str | os.PathLike, last: str | None = None, stale: Iterable[str] = ()) -> Iterator[Path]:
+    """Outputs that belong together appear together: the block writes them into the folder it is given
+    (hidden, inside ``folder``); when it ends without error they are renamed into ``folder`` (``last``, the
+    "finished" marker, is removed first and renamed last; the files named in ``stale`` that this write does
+    not replace are removed). An error or a kill inside the block leaves ``folder`` as it was (a kill leaves
+    a hidden ``.staging.*.tmp`` folder, which the next write there removes)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(".staging.*.tmp"):
+        shutil.rmtree(old, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=folder))
+    try:
+        yield staging
+        names = sorted(p.name for p in staging.iterdir())
+        if last in names:
+            names.remove(last)
+            names.append(last)
+        if last:
+            (folder / last).unlink(missing_ok=True)
+        for name in stale:
+            if name not in names and (folder / name).is_file():
+                (folder / name).unlink()
+        for name in names:
+            os.replace(staging / name, folder / name)
+        _fsync_dir(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
@@ -94,16 +135,52 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            torch_save_to(obj, f, path)
             f.flush()
             os.fsync(f.fileno())
         digest = file_sha256(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)  # (a partial file would hold the space a full disk needs)
+        raise _naming(exc, path)
     _fsync_dir(path.parent)
     return digest
+
+
+class _WriteErrors:
+    """A file for ``torch.save`` that remembers the OSError of a failed write: torch's zip writer turns it
+    into a RuntimeError with a garbled text ("unexpected pos 704 vs 598")."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def torch_save_to(obj: Any, file: BinaryIO, path: str | os.PathLike) -> None:
+    """``torch.save(obj, file)``; a failed write (a full disk) raises its OSError, naming ``path``."""
+    recorder = _WriteErrors(file)
+    try:
+        torch.save(obj, recorder)
+        recorder.flush()
+    except (RuntimeError, OSError) as exc:
+        error = recorder.error
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from exc
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -203,7 +280,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("record" if version >= 2 else "model_config", "model"):
         if key not in payload:
             raise UserError(f"checkpoint {path} has no '{key}' entry: it is incomplete; re-create it")
+    _check_finite_weights(path, payload["model"])
     return payload
+
+
+def _check_finite_weights(path: Path, state: Any) -> None:
+    """Refuse weights holding NaN or infinity: a model that evaluates and predicts, silently, nonsense."""
+    if not isinstance(state, dict):
+        return
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"checkpoint {path} holds non-finite weights ({bad} of {tensor.numel()} values of {name} "
+                            "are NaN or infinite): the training that wrote it diverged; use an earlier checkpoint "
+                            "or train again (lower --lr)")
 
 
 # What torch's weights-only unpickler says when a file holds classes or functions (not garbage).

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -153,6 +155,7 @@ def add_classifier_commands(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                    "or one folder")
     p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here instead of printing it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never the model or an image)")
     p.add_argument("--top-k", type=positive_int, default=1, help="classes per image (default 1)")
     p.add_argument("--image-size", type=image_side, default=None, help="default: the size the model was trained at")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
@@ -204,6 +207,8 @@ def add_feature_commands(sub) -> None:
                    help="the --holdout your fine-tuning will use (with the same --seed): those images are never chosen")
     p.add_argument("--no-figures", action="store_true", help="skip the contact sheet and the t-SNE map")
     add_label_studio_arguments(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a selection already in --out (its files are replaced once the new ones are written)")
     p.set_defaults(func="simclrv2.commands.select:cmd_select")
 
     p = sub.add_parser("pull-annotations", help="a Label Studio project's annotations, exported to a file",
@@ -318,6 +323,7 @@ def add_convert_commands(sub) -> None:
                    help="simclrv2 checkpoint of a classifier (fine-tuned model or distilled student; a file, or an official name such as official:r50_1x_sk1/finetuned_1pct)")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write; FILE.json goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never the --model file)")
     p.add_argument("--image-size", type=image_side, default=None, metavar="N",
                    help="input height and width (default: the size the model was trained at); ONNX and "
                         "TorchScript are fixed to it")
@@ -325,17 +331,38 @@ def add_convert_commands(sub) -> None:
 
 
 def user_error(exc: BaseException) -> str | None:
-    """The one-line message for an error the user can fix (disk, memory), else None."""
+    """The one-line message for an error the user can fix (disk, links, permissions, memory), else None."""
     if isinstance(exc, OSError):
-        what = f"{exc.filename}: " if exc.filename else ""
-        return f"cannot write or read {what}{exc.strerror or exc}: free disk space, fix the permissions, or choose " \
-               "another --out"
+        return _os_error(exc)
     import torch
 
+    text = str(exc)
     if isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
-            isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))):
-        return "out of memory: lower --batch-size (or --image-size)"
+            isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+        asked = re.search(r"allocate (\d+) bytes|Tried to allocate ([\d.]+ [GMK]iB)", text)
+        size = ""
+        if asked:
+            size = f" ({int(asked.group(1)) / 2**30:.1f} GiB asked at once)" if asked.group(1) else f" ({asked.group(2)} asked at once)"
+        return (f"out of memory{size}: lower --batch-size or --image-size, add --micro-batch, or choose a smaller "
+                "--model (the weights, and a classifier's number of classes, count too)")
     return None
+
+
+def _os_error(exc: OSError) -> str:
+    """A file error in one line, with the fix its cause calls for."""
+    name = exc.filename if isinstance(exc.filename, str) else (os.fsdecode(exc.filename) if exc.filename else None)
+    what = name or "a file"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"cannot write {what}: {reason}: free disk space or choose another --out (the disk or your quota "
+                "is full, or a file-size limit is set)")
+    if exc.errno == errno.ELOOP:
+        return f"cannot open {what}: it is a symbolic link that points to itself or into a loop: fix or remove the link"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write or read {what}: {reason}: fix the permissions or choose another --out"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"cannot write or read {what}: {reason}: check the path (can its folder be created there?)"
+    return f"cannot write or read {what}: {reason}: check the path, the disk and the permissions"
 
 
 def main(argv: list[str] | None = None) -> int:

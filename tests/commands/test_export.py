@@ -58,6 +58,7 @@ def inputs(batch: int, size: int, seed: int = 3) -> torch.Tensor:
 
 
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(classifier, tmp_path):
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     path, model = classifier
     out = export_model(path, "onnx", tmp_path / "model.onnx")
@@ -82,6 +83,7 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(classifier, tmp_path):
 
 
 def test_onnx_export_of_an_imagenet_stem_with_selective_kernels(tmp_path):
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     config = classifier_config("r50_0.25x_sk1", num_classes=5, head_layer=1)
     model = make_checkpoint(tmp_path / "sk.pt", config, seed=1)

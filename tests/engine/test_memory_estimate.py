@@ -26,6 +26,17 @@ CASES = [(s.name, "r18_0.5x_sk1:64:32", None, False) for s in stages()] + [
 ]
 
 
+# What the bound covers. The trace counts every tensor PyTorch allocates, exactly: above the measured peak the
+# estimate may be by at most 15% (it rounds to blocks, and frees at the op that frees). oneDNN's convolutions
+# also take scratch buffers, whose size depends on the kernels the CPU's instruction set selects; the trace
+# cannot see them. On this machine's AVX-512 kernels they are under 2%; restricted to AVX2
+# (ONEDNN_MAX_CPU_ISA=AVX2) linear_eval's r18_0.5x_sk1 step at 64 px measured 24.2 MiB against 17.7 estimated,
+# and on an AVX2-only AMD EPYC pretraining measured 20% more than estimated (issue 32). Below the measured
+# peak the estimate may therefore be by up to 30% + 8 MiB: the check before training leaves HEADROOM of the
+# memory for this and the allocator's fragmentation, which covers it only for steps well under the limit.
+ABOVE, BELOW, BELOW_FIXED = 0.15, 0.30, 8 << 20
+
+
 @pytest.mark.parametrize("stage,case,micro,checkpointed", CASES)
 def test_estimate_is_within_15_percent_of_the_measured_peak(stage, case, micro, checkpointed):
     case = Case.parse(case)
@@ -36,7 +47,8 @@ def test_estimate_is_within_15_percent_of_the_measured_peak(stage, case, micro, 
     measured = measured_peak(engine, batch)
     assert estimate.images == (micro or case.batch)
     print(f"{stage} {case}: estimate {estimate.peak / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
-    assert abs(estimate.peak - measured) <= 0.15 * measured, (estimate.peak / 2**20, measured / 2**20)
+    assert measured - (BELOW * measured + BELOW_FIXED) <= estimate.peak <= (1 + ABOVE) * measured, \
+        (estimate.peak / 2**20, measured / 2**20)
     # the real model and optimizer were not touched by the trace: the first real step made the state
     assert engine.progress.step == 2
 

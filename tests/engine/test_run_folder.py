@@ -59,10 +59,8 @@ def test_overwrite_checks_every_input_before_deleting_anything(finished):
     for args, fragment in [(["--data", "/nonexistent"], "/nonexistent"),
                            (["--model", "r51_1x_sk0"], "r51_1x_sk0"),
                            (["--batch-size", "5000"], "larger than the 1438 training images"),
-                           (["--resume", "/nowhere/ckpt.pt"], None)]:
+                           (["--resume", "/nowhere/ckpt.pt"], "pass only one of them")]:
         proc = simclrv2("pretrain", *TINY, *args, "--overwrite", "--out", str(finished))
-        if fragment is None:  # --overwrite starts afresh: a --resume beside it is not read
-            continue
         one_line_error(proc, fragment)
         assert snapshot(finished) == before, args
 

@@ -18,15 +18,16 @@ import csv
 import io
 import logging
 import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write, atomic_write_bytes
+from ..checkpoint import atomic_write, atomic_write_bytes, written_together
 from ..data import ImageSet, open_images
 from ..errors import UserError
 
@@ -142,20 +143,40 @@ def index_rows(embedding: Embedding) -> list[list[str]]:
 
 
 def write_embedding(embedding: Embedding, out: str | Path) -> tuple[Path, Path]:
-    """``features.npy`` and ``index.csv`` in ``out`` (each written atomically)."""
+    """``features.npy`` and ``index.csv`` in ``out``, written together (both or neither). A file name
+    that is not valid UTF-8 is written as its own bytes (surrogate escapes), as the file system has it."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path", "label", "error"])
     writer.writerows(index_rows(embedding))
-    atomic_write(out / FEATURES, lambda f: np.save(f, embedding.features, allow_pickle=False))
-    atomic_write_bytes(out / INDEX, buf.getvalue().encode())
+    with written_together(out) as staging:
+        atomic_write(staging / FEATURES, lambda f: np.save(f, embedding.features, allow_pickle=False))
+        atomic_write_bytes(staging / INDEX, buf.getvalue().encode("utf-8", "surrogateescape"))
     return out / FEATURES, out / INDEX
 
 
+@contextmanager
+def locked_output(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (as a run folder's: a second process writing there is refused, naming the first)
+    while the block runs; a folder this created is removed again if the block fails."""
+    from ..engine.run_folder import RunFolder
+
+    folder = RunFolder(out)
+    folder.claim()
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        folder.release(failed)
+
+
 def check_out_folder(out: str | Path, option: str = "--out") -> Path:
+    from ..engine.run_folder import check_not_dangling
+
     out = Path(out)
+    check_not_dangling(out, option)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out} is a file: give the folder to write into")
     return out
@@ -166,12 +187,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     out = check_out_folder(args.out)
     images = open_images(args.data, labeled=False)
-    embedding = embed_checkpoint(args.model, images, args.layer, args.image_size, args.batch_size,
-                                 args.workers, args.device, progress=True)
-    if is_main_process():
-        features, index = write_embedding(embedding, out)
-        bad = int((~embedding.ok).sum())
-        print(f"wrote {embedding.features.shape[0]} x {embedding.features.shape[1]} features to {features} and "
-              f"their index to {index}" + (f" ({bad} unreadable image(s): NaN rows)" if bad else ""),
-              file=sys.stderr)
+    with locked_output(out) if is_main_process() else nullcontext():
+        embedding = embed_checkpoint(args.model, images, args.layer, args.image_size, args.batch_size,
+                                     args.workers, args.device, progress=True)
+        if is_main_process():
+            features, index = write_embedding(embedding, out)
+            bad = int((~embedding.ok).sum())
+            print(f"wrote {embedding.features.shape[0]} x {embedding.features.shape[1]} features to {features} "
+                  f"and their index to {index}" + (f" ({bad} unreadable image(s): NaN rows)" if bad else ""),
+                  file=sys.stderr)
     return 0

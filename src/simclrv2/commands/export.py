@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..models.checkpoints import load_classifier
 from ..names import FORMATS
 from ..official import resolve_checkpoint
+from .outputs import check_output_file
 
 CROP_PROPORTION = 0.875
 ONNX_OPSET = 17
@@ -107,21 +108,26 @@ EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, dict[str, Any]], bytes]]
 
 
 def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
-                 image_size: int | None = None) -> Path:
-    """Export the classifier of ``checkpoint_path`` as ``fmt``; writes ``out_path`` and ``<out_path>.json``."""
+                 image_size: int | None = None, overwrite: bool = False) -> Path:
+    """Export the classifier of ``checkpoint_path`` as ``fmt``; writes ``out_path`` and ``<out_path>.json``
+    (neither may be the checkpoint; existing files are replaced only with ``overwrite``)."""
     if fmt not in EXPORTERS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
-        raise UserError("--format onnx needs the onnx package: pip install 'simclrv2[onnx]' (or export as "
-                        "torchscript or safetensors)")
+    out = Path(out_path)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give the file to write, e.g. {out / ('model.' + fmt)}")
+    # Every input first (a missing or wrong checkpoint, a bad size), then the outputs, then a missing extra.
     model, record = load_classifier(checkpoint_path)
     config = record.model_config
     size = record.image_size if image_size is None else image_size
     if size <= 0:
         raise UserError(f"--image-size must be positive, got {size}")
-    out = Path(out_path)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give the file to write, e.g. {out / ('model.' + fmt)}")
+    source = resolve_checkpoint(checkpoint_path)  # (an official name: the cached file, which it must not write over)
+    check_output_file(out, [source], overwrite)
+    check_output_file(out.with_name(out.name + ".json"), [source], True)
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise UserError("--format onnx needs the onnx package: pip install 'simclrv2[onnx]' (or export as "
+                        "torchscript or safetensors)")
     example = torch.rand(EXAMPLE_BATCH, 3, size, size)
     names = record.named_classes()
     meta = {
@@ -135,7 +141,7 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
         "class_names": names,
         "preprocessing": preprocessing(size),
         "model_config": config,
-        "source_checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(resolve_checkpoint(checkpoint_path))},
+        "source_checkpoint": {"path": str(checkpoint_path), "sha256": file_sha256(source)},
         "simclrv2_version": __version__,
     }
     data = EXPORTERS[fmt](model, example, meta)
@@ -147,6 +153,6 @@ def export_model(checkpoint_path: str | Path, fmt: str, out_path: str | Path, *,
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a classifier checkpoint and say where the files went."""
-    out = export_model(args.model, args.format, args.out, image_size=args.image_size)
+    out = export_model(args.model, args.format, args.out, image_size=args.image_size, overwrite=args.overwrite)
     print(f"Exported {args.model} as {args.format} to {out} (preprocessing and class names in {out}.json).")
     return 0

@@ -78,9 +78,11 @@ def class_names(options: LabelStudioOptions, model_names: list[str] | None, earl
 
 
 def write_tasks(out: Path, images: ImageSet, chosen: np.ndarray, data: str, options: LabelStudioOptions,
-                labeled: str | None, device: str = "auto") -> dict[str, Any]:
-    """Write ``tasks.json`` and ``labeling_config.xml`` for the ``chosen`` items, send them to the server
-    when asked, and report the earlier rounds; what the selection summary records of it."""
+                labeled: str | None, device: str = "auto", into: Path | None = None) -> dict[str, Any]:
+    """Write ``tasks.json`` and ``labeling_config.xml`` for the ``chosen`` items (into ``into``, the folder the
+    selection's files are written together in, named as in ``out``), send them to the server when asked, and
+    report the earlier rounds; what the selection summary records of it."""
+    into = into or out
     root = ls.document_root(options.document_root, images)
     paths = [images.describe(int(i)) for i in chosen]
     earlier = ls.export_labels(images, labeled, options.conflicts) if labeled and ls.is_export(labeled) \
@@ -102,8 +104,8 @@ def write_tasks(out: Path, images: ImageSet, chosen: np.ndarray, data: str, opti
     version = Path(options.classifier).name if options.classifier else ""
     tasks = ls.make_tasks(paths, root, round_number, guessed, version)
     config = ls.labeling_config(names)
-    atomic_write_bytes(out / TASKS, json.dumps(tasks, indent=1).encode())
-    atomic_write_bytes(out / CONFIG, config.encode())
+    atomic_write_bytes(into / TASKS, json.dumps(tasks, indent=1).encode())
+    atomic_write_bytes(into / CONFIG, config.encode())
     summary.update({"tasks": str(out / TASKS), "labeling_config": str(out / CONFIG), "document_root": str(root),
                     "classes": names})
     if earlier is not None:

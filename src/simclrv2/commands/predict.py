@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..engine.placement import autocast, autocast_dtype
 from ..metrics import eval_loader
 from ..models.checkpoints import load_classifier
+from .outputs import check_output_file
 
 
 def _image_set(inputs: list[str]) -> ImageSet:
@@ -94,16 +95,19 @@ def to_csv(rows: list[dict[str, Any]], top_k: int) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.out:  # before anything runs: never over the model or an image, over a file only when asked
+        check_output_file(args.out, [args.model, *args.images], args.overwrite, "CSV file")
     rows = predict(args.model, args.images, args.top_k, args.image_size, args.batch_size, args.workers, args.device,
                    args.precision)
     text = to_csv(rows, min(args.top_k, max((len(r["classes"]) for r in rows), default=1) or 1))
+    # A file name that is not valid UTF-8 is written as its own bytes (surrogate escapes), as the file system has it.
+    data = text.encode("utf-8", "surrogateescape")
     if args.out:
-        out = Path(args.out)
-        if out.is_dir():
-            raise UserError(f"--out {out} is a folder: give the CSV file to write")
+        out = check_output_file(args.out, [args.model, *args.images], args.overwrite, "CSV file")
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out, text.encode())
+        atomic_write_bytes(out, data)
         print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
     return 0

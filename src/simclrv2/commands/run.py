@@ -45,6 +45,7 @@ from .select import SELECTED, SelectOptions, SelectStage
 log = logging.getLogger("simclrv2")
 
 SHARED_KEYS = ("data", "eval_data", "holdout", "seed")
+DEFAULT_LABELS = ["1%", "10%"]
 OPTIONAL_STAGES = tuple(k.name for k in kinds().values() if k.optional)  # what `skip:` may name
 
 
@@ -74,7 +75,7 @@ class PipelineConfig:
                                     "beside each random one")
 
     def label_specs(self) -> list[str]:
-        return [str(x) for x in (self.labels if self.labels is not None else ["1%", "10%"])]
+        return [str(x) for x in (self.labels if self.labels is not None else DEFAULT_LABELS)]
 
     def runs(self, stage: str) -> bool:
         return stage not in (self.skip or [])
@@ -182,6 +183,55 @@ def _check_inputs(cfg: PipelineConfig) -> None:
             parse_label_spec(label)
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"pretrain.epochs": 20, ...}."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings of a pipeline that differ between ``old`` (its pipeline.yaml) and ``new``, as
+    "key old -> new"; not those that only say how it runs (workers, device, ...: ``resumable_changes``) or
+    where its folder is, nor label specs or skipped stages added (they add stages, and change none)."""
+    from ..config import RunOptions, RuntimeOptions
+
+    free = {f.name for group in (RunOptions, RuntimeOptions) for f in dataclasses.fields(group)}
+    before, after = _flat(old), _flat(new)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if a == b or key.rsplit(".", 1)[-1] in free:
+            continue
+        if key == "labels" and set(map(str, a or DEFAULT_LABELS)) <= set(map(str, b or DEFAULT_LABELS)):
+            continue  # label specs added: more stages, none changed
+        if key == "skip" and set(a or []) >= set(b or []):
+            continue  # fewer stages skipped: more run, none changed
+        changes.append(f"{key} {a!r} -> {b!r}")
+    return changes
+
+
+def _check_same_settings(root: Path, settings: dict[str, Any], stages: list[PlannedStage]) -> None:
+    """Refuse to go on in a pipeline folder whose stages were run with other settings: skipping them would
+    keep models trained with the old settings under a pipeline.yaml that claims the new ones."""
+    from ..config import load_yaml
+    from ..engine.run_folder import RunFolder
+
+    saved = root / "pipeline.yaml"
+    if not saved.is_file():
+        return
+    started = [s.id.folder for s in stages if (Path(s.cfg.out) / "selection.json").is_file()
+               or RunFolder(s.cfg.out).finished or RunFolder(s.cfg.out).has_checkpoints()]
+    changes = changed_settings(load_yaml(saved), settings)
+    if started and changes:
+        raise UserError(f"{root} was run with other settings ({'; '.join(changes)}): its finished stages "
+                        f"({', '.join(started[:3])}{', ...' if len(started) > 3 else ''}) would be kept as they were "
+                        "trained; run it with its settings (see its pipeline.yaml), or choose another out")
+
+
 def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run every stage not yet finished; returns the results by stage and writes the report."""
     from . import report
@@ -192,6 +242,7 @@ def run_pipeline(cfg: PipelineConfig, progress: Callable[[str], None] = log.info
     stages = plan(cfg)
     _check_inputs(cfg)
     root = Path(cfg.out)
+    _check_same_settings(root, dataclasses.asdict(cfg), stages)
     root.mkdir(parents=True, exist_ok=True)
     save_yaml(dataclasses.asdict(cfg), root / "pipeline.yaml")
     results: dict[str, Any] = {}

@@ -25,18 +25,19 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..checkpoint import atomic_write_bytes
+from ..checkpoint import atomic_write_bytes, written_together
 from ..config import option
 from ..data import ImageSet, holdout_split, open_images
 from ..data.annotations import listed_indices, relabeled
 from ..data.label_studio import document_root
-from .label_studio import LabelStudioOptions, print_rounds, write_tasks
-from .embed import Embedding, check_out_folder, embed_checkpoint, write_embedding
+from .embed import FEATURES, INDEX, Embedding, check_out_folder, embed_checkpoint, locked_output, write_embedding
+from .label_studio import CONFIG, TASKS, LabelStudioOptions, print_rounds, write_tasks
 from ..errors import UserError
 from ..selection import figures
 from ..selection.methods import DEFAULT_METHOD, METHODS, Selection, parse_budget, select
@@ -44,6 +45,9 @@ from ..selection.methods import DEFAULT_METHOD, METHODS, Selection, parse_budget
 log = logging.getLogger("simclrv2")
 
 SELECTED, SELECTION_CSV, SUMMARY = "selected.txt", "selection.csv", "selection.json"
+CONTACT_SHEET, MAP = "contact_sheet.png", "map.png"
+# Every file a selection writes: a new one replaces them all (figures it does not draw are removed).
+OUTPUTS = (SELECTED, SELECTION_CSV, SUMMARY, CONTACT_SHEET, MAP, FEATURES, INDEX, TASKS, CONFIG)
 
 
 def without_labels(images: ImageSet) -> ImageSet:
@@ -63,12 +67,16 @@ def candidate_pool(images: ImageSet, holdout: float, seed: int) -> np.ndarray:
 def run_selection(model: str, data: str, budget: str | int, out: str | Path, method: str = DEFAULT_METHOD,
                   labeled: str | None = None, seed: int = 0, layer: int = 0, holdout: float = 0.0,
                   image_size: int | None = None, batch_size: int = 256, workers: int | None = None,
-                  device: str = "auto", figures_on: bool = True,
+                  device: str = "auto", figures_on: bool = True, overwrite: bool = False,
                   label_studio: LabelStudioOptions | None = None) -> dict[str, Any] | None:
-    """Embed, choose and write the outputs (see the module docstring); the summary, on the first process."""
+    """Embed, choose and write the outputs (see the module docstring); the summary, on the first process.
+    ``out`` is locked while it runs; an earlier selection there is replaced only with ``overwrite``, and
+    only once the new one is written (all its files together)."""
     from ..distributed import barrier, is_main_process
 
     out = check_out_folder(out)
+    if (out / SUMMARY).is_file() and not overwrite:
+        raise UserError(f"{out} holds a selection already: pass --overwrite to replace it or choose another --out")
     if method not in METHODS:
         raise UserError(f"--method {method!r} is not a selection method: use one of {', '.join(METHODS)}")
     if not 0 <= holdout < 1:
@@ -86,6 +94,22 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
     if label_studio:
         document_root(label_studio.document_root, images)  # image files, under the root: before the work
     started = time.perf_counter()
+    with locked_output(out) if is_main_process() else nullcontext():
+        summary = _embed_and_choose(model, images, pool, before, out, dict(
+            method=method, budget=count, requested=str(budget), seed=seed, layer=layer, data=data, holdout=holdout,
+            labeled=labeled), image_size, batch_size, workers, device, figures_on, started, label_studio)
+    barrier()  # under torchrun the other processes go on (to fine-tune on the selection) once it is written
+    return summary
+
+
+def _embed_and_choose(model: str, images: ImageSet, pool: np.ndarray, before: np.ndarray, out: Path,
+                      asked: dict[str, Any], image_size: int | None, batch_size: int, workers: int | None,
+                      device: str, figures_on: bool, started: float,
+                      label_studio: LabelStudioOptions | None = None) -> dict[str, Any] | None:
+    from ..distributed import is_main_process
+
+    method, count, budget, seed, layer = (asked[k] for k in ("method", "budget", "requested", "seed", "layer"))
+    data, holdout, labeled = asked["data"], asked["holdout"], asked["labeled"]
     embedding = embed_checkpoint(model, images, layer, image_size, batch_size, workers, device, progress=True)
     summary = None
     if is_main_process():
@@ -93,27 +117,34 @@ def run_selection(model: str, data: str, budget: str | int, out: str | Path, met
                    "model": str(Path(model).resolve()), "data": data, "holdout": holdout, "images": len(images),
                    "candidates": int(len(pool) - len(before)), "labeled_before": int(len(before)),
                    "selected": int(len(before) + count), "labeled": labeled}
-        _choose_and_write(embedding, pool, before, summary, out, figures_on, started,
-                          lambda chosen: write_tasks(out, images, chosen, data, label_studio, labeled, device)
-                          if label_studio else None)
-    barrier()  # under torchrun the other processes go on (to fine-tune on the selection) once it is written
+        tasks = None
+        if label_studio:
+            def tasks(chosen: np.ndarray, into: Path) -> dict[str, Any]:
+                return write_tasks(out, images, chosen, data, label_studio, labeled, device, into)
+        _choose_and_write(embedding, pool, before, summary, out, figures_on, started, tasks)
     return summary
 
 
 def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray, summary: dict[str, Any],
                       out: Path, figures_on: bool, started: float, tasks: Any = None) -> None:
     """Choose and write every output; ``selection.json`` (the summary) last, as the mark of a finished run."""
-    images, method, count, seed = embedding.images, summary["method"], summary["budget"], summary["seed"]
+    method, count, seed = summary["method"], summary["budget"], summary["seed"]
     log.info("choosing %d of %d images (%s, seed %d)", count, len(pool) - len(before), method, seed)
     selection = select(embedding.features, count, method, labeled=before, candidates=pool, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)  # an earlier selection here is not "finished" while this one is written
+    with written_together(out, last=SUMMARY, stale=OUTPUTS) as staging:
+        _write_outputs(embedding, selection, before, summary, staging, figures_on, started, tasks)
+
+
+def _write_outputs(embedding: Embedding, selection: Selection, before: np.ndarray, summary: dict[str, Any],
+                   out: Path, figures_on: bool, started: float, tasks: Any = None) -> None:
+    images, method, count, seed = embedding.images, summary["method"], summary["budget"], summary["seed"]
+    pool_size = summary["candidates"]
     write_embedding(embedding, out)
     write_selected(out / SELECTED, images, before, selection.chosen)
     write_selection_csv(out / SELECTION_CSV, images, selection)
     if figures_on:
         ranks = [f"#{r}" for r in range(1, len(selection.chosen) + 1)]
-        figures.contact_sheet(images, selection.chosen, out / "contact_sheet.png", ranks)
+        figures.contact_sheet(images, selection.chosen, out / CONTACT_SHEET, ranks)
         rows = figures.mapped_sample(len(images), np.concatenate([before, selection.chosen]), seed)
         rows = rows[np.isfinite(embedding.features[rows]).all(1)]
         xy = figures.tsne_2d(embedding.features[rows], seed)
@@ -121,10 +152,10 @@ def _choose_and_write(embedding: Embedding, pool: np.ndarray, before: np.ndarray
         marked = np.array([position[int(i)] for i in selection.chosen if int(i) in position], dtype=np.int64)
         old = np.array([position[int(i)] for i in before if int(i) in position], dtype=np.int64)
         colour = selection.assignment[rows] if selection.assignment is not None else None
-        figures.plot_map(xy, out / "map.png", f"{method}: {count} chosen of {len(pool) - len(before)} (t-SNE)",
+        figures.plot_map(xy, out / MAP, f"{method}: {count} chosen of {pool_size} (t-SNE)",
                          colour=colour, chosen=marked, labeled=old)
-    if tasks is not None and (written := tasks(selection.chosen)) is not None:
-        summary["label_studio"] = written
+    if tasks is not None:  # Label Studio's tasks.json and labeling_config.xml, with the rest
+        summary["label_studio"] = tasks(selection.chosen, out)
     summary["seconds"] = time.perf_counter() - started  # embedding, choosing and the figures
     atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode())
 
@@ -180,7 +211,7 @@ def write_selected(path: Path, images: ImageSet, before: np.ndarray, chosen: np.
             raise UserError(f"cannot record {described!r} in {path}: its name contains a tab or line break; "
                             "rename the file")
         lines.append(described + "\n")
-    atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+    atomic_write_bytes(path, "".join(lines).encode("utf-8", "surrogateescape"))
 
 
 def write_selection_csv(path: Path, images: ImageSet, selection: Selection) -> None:
@@ -190,7 +221,7 @@ def write_selection_csv(path: Path, images: ImageSet, selection: Selection) -> N
     writer.writerow(["path", "cluster", "score", "rank"])
     for rank, (i, cluster, score) in enumerate(zip(selection.chosen, selection.cluster, selection.score), 1):
         writer.writerow([images.describe(int(i)), "" if cluster < 0 else int(cluster), f"{score:.6g}", rank])
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -199,7 +230,7 @@ def cmd_select(args: argparse.Namespace) -> int:
                                  args.project) if wanted else None
     summary = run_selection(args.model, args.data, args.budget, args.out, args.method, args.labeled, args.seed,
                             args.layer, args.holdout, args.image_size, args.batch_size, args.workers, args.device,
-                            not args.no_figures, options)
+                            not args.no_figures, args.overwrite, options)
     if summary is not None:
         print(f"chose {summary['budget']} of {summary['candidates']} images ({summary['method']}): "
               f"{Path(args.out) / SELECTED} lists the {summary['selected']} to label; "

@@ -99,6 +99,9 @@ class RuntimeOptions:
     cache: str = option("auto", "keep decoded images in memory (auto: when they fit in 2 GiB)",
                         choices=("auto", "on", "off"))
     strict_data: bool = option(False, "stop at the first unreadable image instead of skipping it")
+    max_image_pixels: int = option(100_000_000, "largest image decoded, in pixels (after the reduced decoding of "
+                                   "large JPEGs); a larger one is unreadable (skipped, or --strict-data stops)",
+                                   minimum=1)
     on_nan: str = option("stop", "non-finite loss: stop (last good checkpoint kept) or skip the step "
                          "(skipping reads the loss every step)", choices=("stop", "skip"))
 

@@ -222,13 +222,32 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {user_key(f): getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
+MAX_DEPTH = 32  # nesting of YAML lists and mappings; no setting comes near it
+_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+         yaml.BlockMappingStartToken)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
+def safe_load(text: str, what: str) -> Any:
+    """``yaml.safe_load`` of text nested at most ``MAX_DEPTH`` deep: PyYAML composes nested values by
+    recursion, and a deeper text (``[[[[...`` thousands deep) would exhaust Python's stack. The depth is
+    measured first by the scanner, which does not recurse."""
+    depth = 0
+    for token in yaml.scan(text):
+        depth += isinstance(token, _OPEN) - isinstance(token, _CLOSE)
+        if depth > MAX_DEPTH:
+            raise UserError(f"{what} nests lists or mappings more than {MAX_DEPTH} deep (line {token.start_mark.line + 1}): "
+                            "no setting is nested like that; fix the value")
+    return yaml.safe_load(text)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; one-line errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist: check the path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text(), f"config file {path}")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -252,7 +271,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise UserError(f"--set {text!r} has no key before '='")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw, f"--set {key.strip()}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

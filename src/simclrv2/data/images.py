@@ -3,7 +3,8 @@
 Real image folders hold grayscale scans, palette PNGs with transparency, CMYK JPEGs from print
 workflows, 16-bit medical or scientific TIFFs and phone photos whose pixels are stored sideways
 with an EXIF orientation tag. ``load_rgb`` turns each of them into the (H, W, 3) array a viewer
-would show. A file that cannot be decoded completely (truncated, corrupt, empty, not an image,
+would show (a 16- or 32-bit single-channel image stretched over its own range, as viewers
+auto-contrast such images: ``_stretch``). A file that cannot be decoded completely (truncated, corrupt, empty, not an image,
 a decompression bomb) raises :class:`BadImage`, a :class:`UserError` naming the file, so the
 caller can skip it and count it instead of training on half an image.
 """
@@ -18,6 +19,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import UserError
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# The largest image decoded, in pixels (``--max-image-pixels``; set before the loader forks its workers).
+# Pillow's own guard (a DecompressionBombWarning past 89 MP, an error past 179 MP) is replaced by this one,
+# checked after a large JPEG's reduced decoding is chosen, so that a 200 MP photo read at 1/8 scale passes.
+DEFAULT_MAX_PIXELS = 100_000_000
+max_pixels = DEFAULT_MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = None
+
+
+def set_max_pixels(count: int) -> None:
+    global max_pixels
+    max_pixels = int(count)
 _SIXTEEN_BIT_MAX = 65535
 
 
@@ -69,10 +81,17 @@ def _decode(path: str, at_least: int | None = None) -> Image.Image:
         with Image.open(path) as image:
             if at_least and image.format == "JPEG" and min(image.size) >= 2 * at_least:
                 image.draft("RGB", (at_least, at_least))  # (a square request: rotation cannot matter)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise BadImage(path, f"{width} x {height} pixels ({width * height / 1e6:.0f} megapixels) is more than "
+                               f"--max-image-pixels {max_pixels}", "raise --max-image-pixels if you trust the file "
+                               "and have the memory, or downscale it")
             # Image.open only reads the header: load() decodes every pixel now, so a truncated
             # file fails here instead of yielding a partly grey image.
             image.load()
             return ImageOps.exif_transpose(image)
+    except BadImage:
+        raise
     except Image.DecompressionBombError as exc:
         raise BadImage(path, str(exc), "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file, "
                        "or downscale it") from None
@@ -105,7 +124,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
     if mode.startswith("I;16") or mode == "I":
         # Pillow's convert() clips these at 255 instead of scaling, turning most pixels white.
-        return _gray_to_rgb(_scale_16bit(np.asarray(image)))
+        return _gray_to_rgb(_stretch(np.asarray(image)))
     if mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         return _gray_to_rgb(np.clip(np.rint(values), 0, 255).astype(np.uint8))
@@ -119,10 +138,18 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
-def _scale_16bit(values: np.ndarray) -> np.ndarray:
-    """Map 0..65535 onto 0..255 with rounding (v / 257); values outside the range are clipped."""
-    wide = np.clip(values.astype(np.int64), 0, _SIXTEEN_BIT_MAX)
-    return ((wide + 128) // 257).astype(np.uint8)
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """A 16- or 32-bit single-channel image (Pillow modes I;16 and I) onto 0..255 by its own range: its
+    smallest value becomes 0 and its largest 255, linearly, with rounding. Microscopes and scanners store
+    12- or 14-bit data in 16-bit files (or 32-bit ones): scaled by the container's range (v / 257) such an
+    image is nearly black. An image spanning 0..65535 gets exactly v / 257; a constant image keeps its
+    value on the 16-bit scale (clipped to it)."""
+    wide = values.astype(np.int64)
+    lo, hi = int(wide.min()), int(wide.max())
+    if hi == lo:
+        return np.full(wide.shape, (min(max(lo, 0), _SIXTEEN_BIT_MAX) + 128) // 257, dtype=np.uint8)
+    span = hi - lo
+    return (((wide - lo) * 255 + span // 2) // span).astype(np.uint8)
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

@@ -44,11 +44,31 @@ CACHE_BYTES = 2 << 30
 MAX_SUBSTITUTES = 16
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
     """Worker processes for decoding: all cores but one, at most 8 per process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(0, min(8, cores // max(local, 1) - 1))
+    return max(0, min(8, usable_cores() // max(local, 1) - 1))
+
+
+def worker_count(workers: int | None) -> int:
+    """``--workers`` as asked, at most the cores this process may use (more only wait for a core, and
+    thousands of processes exhaust memory and file handles); None: ``default_workers``."""
+    if workers is None:
+        return default_workers()
+    cores = usable_cores()
+    if workers > cores:
+        if workers not in _WARNED:
+            _WARNED.add(workers)
+            log.warning("--workers %d is more than the %d cores this process may use: using %d", workers, cores, cores)
+        return cores
+    return max(0, workers)
+
+
+_WARNED: set[int] = set()
 
 
 def preprocess(array: np.ndarray, mode: str, size: int, crop_fraction: float) -> tuple[np.ndarray, float]:
@@ -233,7 +253,7 @@ class Loader:
             raise UserError(f"{images.name} holds no images")
         self.images, self.mode, self.size = images, mode, size
         self.runtime = runtime
-        self.workers = default_workers() if workers is None else workers
+        self.workers = worker_count(workers)
         self.skipped_total = 0
         self._reported: set[str] = set()
         self.strict = strict

@@ -286,6 +286,7 @@ def _open_list(spec: str, path: Path, labeled: bool) -> ImageSet:
         raise UserError(f"list {spec} names no images: add path,label rows (one per image)")
     base = os.path.abspath(path.parent)
     paths = [os.path.normpath(os.path.join(base, os.path.expanduser(p))) for _, p, _ in rows]
+    rows, paths = _each_image_once(spec, rows, paths)
     _check_files_exist(spec, paths)
     names = [label for _, _, label in rows]
     class_names = sorted({n for n in names if n})
@@ -299,6 +300,30 @@ def _open_list(spec: str, path: Path, labeled: bool) -> ImageSet:
     labels = np.array([index[n] if n else -1 for n in names], dtype=np.int64)
     return ImageSet(paths=paths, arrays=None, labels=labels, class_names=class_names,
                     name=spec, root=base)
+
+
+def _each_image_once(spec: str, rows: list[tuple[int, str, str]], paths: list[str]
+                     ) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """The rows with a repeated image dropped (a warning: it would count twice, and could land in both the
+    training and the held-out part); an image given two different labels is an error naming both lines."""
+    first: dict[str, tuple[int, str]] = {}
+    kept_rows, kept_paths, repeats = [], [], []
+    for row, path in zip(rows, paths):
+        line, _, label = row
+        if path in first:
+            line0, label0 = first[path]
+            if label0 != label:
+                raise UserError(f"list {spec} gives {row[1]} two labels: {label0!r} on line {line0} and {label!r} on "
+                                f"line {line}: keep the row with the right label and remove the other")
+            repeats.append(line)
+            continue
+        first[path] = (line, label)
+        kept_rows.append(row)
+        kept_paths.append(path)
+    if repeats:
+        log.warning("list %s names %d image(s) again (first on line %d): each image is used once; remove the "
+                    "repeated rows", spec, len(repeats), repeats[0])
+    return kept_rows, kept_paths
 
 
 def read_list_rows(spec: str, path: Path) -> list[tuple[int, str, str]]:

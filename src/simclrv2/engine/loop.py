@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 from .. import distributed as dist_utils
-from ..config import StageConfig, save_yaml, to_dict, with_absolute_paths
+from ..config import StageConfig, flag_of, save_yaml, to_dict, with_absolute_paths
+from ..checkpoint import list_checkpoints
+from ..data.images import set_max_pixels
 from ..data.loader import Batch, Loader
 from ..distributed import Runtime
 from ..errors import UserError
@@ -275,9 +277,15 @@ class Engine:
 
     def _check_finite(self) -> None:
         if self.cfg.on_nan == "stop" and dist_utils.all_reduce_mean(self.bad_steps.float()).item() > 0:
-            raise NonFiniteLoss(
-                f"the loss became NaN or infinite near step {self.progress.step}: the last good checkpoint is "
-                f"kept in {self.folder.checkpoints.directory}; lower --lr, use --precision fp32, or --on-nan skip")
+            written = list_checkpoints(self.folder.checkpoints.directory)
+            if self.folder.replacing:
+                kept = "the run it was replacing is put back as it was"
+            elif written:
+                kept = f"the last good checkpoint, {written[-1]}, is kept"
+            else:
+                kept = "no checkpoint had been written"
+            raise NonFiniteLoss(f"the loss became NaN or infinite near step {self.progress.step} ({kept}): lower --lr, "
+                                "use --precision fp32, or --on-nan skip")
 
     def _stop_requested(self) -> bool:
         """Whether any process got a stop signal (agreed on by all processes)."""
@@ -335,12 +343,16 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
     """Build a stage from ``cfg`` and train it in ``cfg.out``; the result (also in OUT/result.json).
 
     Every input is checked (data, labels, checkpoints, model) before the folder is changed; an
-    earlier run is removed (``--overwrite``) only then.
+    earlier run (``--overwrite``) is moved aside only then, deleted once this run has finished and put
+    back if it fails (``RunFolder.set_aside``).
     """
     runtime = dist_utils.setup(cfg.device)
+    set_max_pixels(cfg.max_image_pixels)  # before any loader forks its workers
     folder = RunFolder(cfg.out, cfg.keep_checkpoints)
     with StopSignals() as stop:
-        folder.check(cfg.resume, cfg.overwrite)
+        if runtime.is_main:
+            folder.recover()
+        folder.check(cfg.resume, cfg.overwrite, input_paths(cfg))
         resume = None if cfg.overwrite else resume_checkpoint(folder, cfg.resume)
         dist_utils.barrier()  # every process has checked the folder before the main one locks it
         if runtime.is_main:
@@ -358,7 +370,7 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
                 engine.restore(*resume)
             if runtime.is_main:
                 if cfg.overwrite:
-                    folder.clear()
+                    folder.set_aside()  # deleted once the new run has finished, put back if it fails
                 save_yaml(engine.record.config, folder.path / "config.yaml")
                 if parts.labeled is not None:
                     parts.labeled.write_labeled(folder.path / "labeled.txt")
@@ -368,10 +380,25 @@ def run(cfg: StageConfig, build: Build) -> dict[str, Any]:
                 result["memory_estimate_gib"] = round(estimate.peak / GIB, 3)
             engine.save_final(result)
             failed = False
+            if runtime.is_main:
+                folder.drop_replaced()
+        except BaseException as exc:
+            # Stopped by a signal after a checkpoint: resumable, and a run it replaces waits in .replaced.
+            resumable = isinstance(exc, Preempted) and exc.checkpoint is not None
+            if runtime.is_main and not resumable and folder.restore_replaced():
+                log.warning("%s holds the earlier run again, as it was: the --overwrite run did not finish",
+                            folder.path)
+            raise
         finally:
             if runtime.is_main:
                 folder.release(failed)
     return result
+
+
+def input_paths(cfg: StageConfig) -> dict[str, str]:
+    """The files and folders a run reads, by flag (``--from``, ``--data``, ``--labels``, ...)."""
+    return {flag_of(f): getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("path") and isinstance(getattr(cfg, f.name), str)}
 
 
 def train(cfg: StageConfig) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from .. import distributed as dist_utils
 from ..data.loader import Batch
 from ..distributed import unwrap
 from ..errors import UserError
+from ..host import available_memory
 from ..optim import build_optimizer
 from .placement import autocast
 from .stage import TrainStep
@@ -154,14 +155,7 @@ def usable_bytes(device: torch.device, resident: int) -> int:
 
 
 def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return available_memory()
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 
 import torch
 from torch import nn
@@ -12,6 +13,8 @@ from .. import distributed as dist_utils
 from ..config import RuntimeOptions
 from ..distributed import Runtime
 from ..models.resnet import ResNet
+
+log = logging.getLogger("simclrv2")
 
 
 # CPU features that compute bf16 products natively (/proc/cpuinfo flags): AVX512-BF16 (Intel Cooper Lake and
@@ -41,12 +44,28 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if precision == "bf16":
+        if not native_bf16(device):
+            _warn_once(f"--precision bf16 on a {'GPU' if device.type == 'cuda' else 'CPU'} without native bf16: "
+                       "it is emulated, often several times slower than fp32; "
+                       "--precision auto would compute in fp32 here")
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
-        return torch.bfloat16
-    if device.type == "cpu" and NATIVE_BF16_CPU_FLAGS & cpu_flags():
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if native_bf16(device) else None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 natively (what ``--precision auto`` picks bf16 for)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu" and bool(NATIVE_BF16_CPU_FLAGS & cpu_flags())
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:

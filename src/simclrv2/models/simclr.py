@@ -19,7 +19,9 @@ from torch import nn
 
 from .batchnorm import BatchNorm
 from ..errors import UserError
+from ..host import available_memory
 from .heads import LinearHead, ProjectionHead
+from ..names import parse_model_name
 from .registry import create_model
 
 
@@ -99,7 +101,51 @@ def classifier_config(encoder: str, num_classes: int, head_layer: int = 0, small
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    """Rebuild a ContrastiveModel or Classifier from its ``model_config``."""
+    """Rebuild a ContrastiveModel or Classifier from its ``model_config``; a model whose weights would not fit
+    in the memory available is refused before any of it is allocated (``check_model_size``)."""
+    check_model_size(config)
+    return _build(config)
+
+
+def weight_bytes(config: dict[str, Any]) -> int:
+    """The bytes of the weights and buffers of the model ``config`` describes, counted on the meta device
+    (shapes only: nothing is allocated, a 100x-wide ResNet included)."""
+    with torch.device("meta"):
+        model = _build(config)
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def check_model_size(config: dict[str, Any], available: int | None = None) -> None:
+    """Refuse (one line) a model whose weights alone need more than 90% of the available memory: building
+    it would end in the kernel's out-of-memory kill, not an error."""
+    available = available_memory() if available is None else available
+    if not available or _weight_bound(config) < 0.5 * available:
+        return  # (the count on the meta device costs a second the first time: only for models that may not fit)
+    needed = weight_bytes(config)
+    if needed > 0.9 * available:
+        gib = 1 << 30
+        classes = int(config.get("num_classes") or 0)
+        fix = (f"its classifier has {classes} classes: check the labels or the checkpoint's record"
+               if classes > 100_000 else "choose a smaller --model (a narrower width or depth)")
+        raise UserError(f"model {config.get('encoder')} ({config.get('kind')}) has {needed / gib:.1f} GiB of weights, "
+                        f"more than this machine's {available / gib:.1f} GiB of available memory allows (training needs "
+                        f"about 3x the weights, plus the batch): {fix}")
+
+
+def _weight_bound(config: dict[str, Any]) -> float:
+    """More bytes than the weights of ``config`` take: r152_1x_sk1 has under 100M parameters, and a width
+    multiplier w scales them by about w**2; a classifier adds its (classes x features) layer."""
+    try:
+        spec = parse_model_name(config["encoder"])
+        width = max(1.0, float(spec.width))
+        features = 2048 * width
+        return 4 * (100e6 * width ** 2 + 2 * features ** 2 + features * float(config.get("num_classes") or 0)
+                    + features * float(config.get("monitor_classes") or 0))
+    except Exception:  # noqa: BLE001 - a malformed config: count it exactly (build_model then says what is wrong)
+        return float("inf")
+
+
+def _build(config: dict[str, Any]) -> nn.Module:
     encoder = create_model(config["encoder"], config.get("small_images", False))
     head = ProjectionHead(encoder.out_dim, config.get("head_hidden_dim"),
                           config.get("head_out_dim", 128), config.get("head_layers", 3))
