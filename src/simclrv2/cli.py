@@ -342,9 +342,9 @@ def user_error(exc: BaseException) -> str | None:
         asked = re.search(r"allocate (\d+) bytes|Tried to allocate ([\d.]+ [GMK]iB)", text)
         size = ""
         if asked:
-            size = f" ({int(asked.group(1)) / 2**30:.1f} GiB asked at once)" if asked.group(1) else f" ({asked.group(2)} asked at once)"
-        return (f"out of memory{size}: lower --batch-size or --image-size, add --micro-batch, or choose a smaller "
-                "--model (the weights, and a classifier's number of classes, count too)")
+            size = f"; {int(asked.group(1)) / 2**30:.1f} GiB asked at once" if asked.group(1) else f"; {asked.group(2)} asked at once"
+        return ("out of memory: lower --batch-size or --image-size, add --micro-batch, or choose a smaller --model "
+                f"(the weights, and a classifier's number of classes, count too{size})")
     return None
 
 
