@@ -1,4 +1,5 @@
 import math
+import os
 import re
 import subprocess
 import sys
@@ -237,3 +238,29 @@ def test_selective_kernel_keeps_channels_last_and_the_autocast_dtype():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = sk(x.contiguous(memory_format=torch.channels_last))
         assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_projection_shortcut_is_a_strided_1x1_convolution():
+    """Shortcut without ResNet-D: subsample, then 1x1 stride 1 (``layers.Subsample``) equals TF's 1x1 stride-2 conv."""
+    from simclrv2.models.resnet import Shortcut
+
+    torch.manual_seed(0)
+    shortcut = Shortcut(8, 16, 2, resnet_d=False).double().eval()
+    x = torch.randn(3, 8, 15, 15, dtype=torch.float64)
+    reference = torch.nn.functional.conv2d(x, shortcut.conv.weight, stride=2)
+    torch.testing.assert_close(shortcut.conv(shortcut.pool(x)), reference, rtol=0, atol=0)
+
+
+def test_channels_last_training_on_an_odd_batch_of_few_channels_does_not_crash():
+    """PyTorch 2.13's CPU kernel for a strided 1x1 convolution's backward in channels-last corrupts the heap on
+    5 images of 8 channels with 2 threads (a segfault or "double free": fine-tuning r18_0.125x on 5 labels).
+    The shortcut no longer uses it; this runs the step that crashed, in a process of its own."""
+    code = ("import torch\n"
+            "from simclrv2.models import build_model, classifier_config\n"
+            "m = build_model(classifier_config('r18_0.125x_sk0', 3, 1, True)).train().to(memory_format=torch.channels_last)\n"
+            "x = torch.rand(5, 3, 16, 16).contiguous(memory_format=torch.channels_last)\n"
+            "for _ in range(5):\n"
+            "    m(x).sum().backward()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

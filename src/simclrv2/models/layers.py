@@ -71,6 +71,22 @@ class AvgPoolDown2x2(nn.Module):
         return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 2)
 
 
+class Subsample(nn.Module):
+    """Every ``stride``-th row and column, from the first: what a 1x1 convolution of that stride reads.
+
+    The shortcut's 1x1 stride-2 convolution runs as this, then a 1x1 stride-1 convolution: the same
+    result, bit for bit (tests/models/test_models.py), without PyTorch 2.13's CPU kernel for a strided 1x1
+    convolution's backward in channels-last, which corrupts the heap on a batch of an odd size with few
+    channels (5 images of 8 channels: a segfault or "double free" when fine-tuning on 5 labels)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, ::self.stride, ::self.stride]
+
+
 def conv2d(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
     """A bias-free conv with the official padding.
 

@@ -24,6 +24,7 @@ from .layers import (
     AvgPoolSame2x2,
     MaxPoolSame,
     SelectiveKernelConv,
+    Subsample,
     conv2d,
     init_conv_,
 )
@@ -42,9 +43,9 @@ class Shortcut(nn.Module):
         if resnet_d:
             self.pool = AvgPoolDown2x2() if stride > 1 else AvgPoolSame2x2()
             self.conv = conv2d(in_ch, out_ch, 1, 1)
-        else:
-            self.pool = nn.Identity()
-            self.conv = conv2d(in_ch, out_ch, 1, stride)
+        else:  # a 1x1 conv of stride s: the input subsampled, then a 1x1 stride-1 conv (see Subsample)
+            self.pool = Subsample(stride) if stride > 1 else nn.Identity()
+            self.conv = conv2d(in_ch, out_ch, 1, 1)
         self.bn = BatchNorm(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
