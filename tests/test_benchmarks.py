@@ -27,9 +27,12 @@ def run_script(name: str, *args: str) -> str:
      ["bf16 matmul peak", "| GFLOP/img |", "compile (eager)", "| distill |", "| finetune |"]),
     ("fewshot_probe.py", ("--quick",), ["| raw pixels (8x8) |", "temperature=0.1: h0", "temperature=0.1: h1"]),
     ("finetune_rate_grid.py", ("--quick",), ["| network | lr 0.01 | lr 0.03 |", "| fine-tuned |", "| baseline (from scratch) |"]),
-    ("micro_batch.py", ("--quick",), ["| micro-batch M |", "| r18_0.125x_sk0:16 | 32 | 8 |", "| plain |"]),
-    ("bn_recalibration.py", ("--quick",), ["| moving averages (default) | recalibrated (4096) |",
-                                           "| finetune_2perclass | 2 epochs |"]),
+    # 15 s each, slow: the micro-batched step is tested in tests/stages/test_micro_batch.py, recalibration in
+    # tests/stages/test_finetune.py
+    pytest.param("micro_batch.py", ("--quick",), ["| micro-batch M |", "| r18_0.125x_sk0:16 | 32 | 8 |", "| plain |"],
+                 marks=pytest.mark.slow),
+    pytest.param("bn_recalibration.py", ("--quick",), ["| moving averages (default) | recalibrated (4096) |",
+                                                       "| finetune_2perclass | 2 epochs |"], marks=pytest.mark.slow),
     ("label_selection.py", ("--quick",), ["| selection | 10 (10 images) |", "| uniform random |",
                                           "| typiclust - balanced random |"]),
     ("reference_loop.py", ("--quick",), ["| per-step ratio |", "| whole-run ratio |", "r18_0.25x_sk0 @ 32 px"]),

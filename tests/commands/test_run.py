@@ -184,6 +184,8 @@ def kill_in_the_middle_of(proc: subprocess.Popen, index: int, name: str) -> list
     raise AssertionError(f"the run ended before the middle of {name}:\n" + "\n".join(lines[-20:]))
 
 
+@pytest.mark.slow  # 55 s; test_rerun_skips_finished_stages_and_resumes_an_interrupted_one and the per-stage kill tests
+# (tests/reliability/test_kill_and_resume.py, tests/stages/test_toy_stage.py) cover a killed stage and the rerun
 def test_sigkill_in_every_stage_then_rerun_gives_the_uninterrupted_results(tmp_path):
     configs = {}
     for name in ("straight", "killed"):

@@ -155,6 +155,8 @@ def damage(path: Path, how: str) -> None:
 SCENARIOS = [(11, ["write", "time"], "truncate"), (12, ["step", "write"], "flip")]
 
 
+@pytest.mark.slow  # 39 s; test_stop_signals_write_a_checkpoint_within_a_step_and_resume_finishes and the toy stage's
+# SIGKILL test check a kill, then an exact resume, at one point each
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(tmp_path):
     # The uninterrupted reference runs alongside (two cores, one thread each).
     reference = Run(tmp_path / "reference")

@@ -77,7 +77,7 @@ def test_a_killed_overwrite_keeps_the_old_run_aside_until_the_resumed_run_finish
     shutil.copytree(pretrain_run, out)
     old = snapshot(out)
     args = [sys.executable, "-m", "simclrv2", "pretrain", *map(str, TINY), "--checkpoint-every", "2",
-            "--log-every", "1", "--out", str(out)]
+            "--log-every", "1", "--log-seconds", "0", "--out", str(out)]
     proc = subprocess.Popen(args + ["--overwrite"], stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         for line in proc.stderr:

@@ -70,7 +70,7 @@ def test_predict_prints_a_file_name_that_is_not_utf8_as_its_bytes(tmp_path):
 
 def test_a_partial_metrics_line_is_skipped_by_resume_and_report(tmp_path):
     out = tmp_path / "run"
-    args = ["pretrain", *TINY, "--checkpoint-every", "2", "--log-every", "1", "--out", out]
+    args = ["pretrain", *TINY, "--checkpoint-every", "2", "--log-every", "1", "--log-seconds", "0", "--out", out]
     first = subprocess.Popen([sys.executable, "-m", "simclrv2", *map(str, args)], stderr=subprocess.PIPE, text=True,
                              env=ENV)
     try:

@@ -127,7 +127,7 @@ def test_a_killed_runs_lock_is_not_held_by_its_surviving_data_loader_worker(tmp_
 
     out = tmp_path / "run"
     args = [sys.executable, "-m", "simclrv2", "pretrain", *map(str, TINY), "--cache", "off", "--checkpoint-every", "2",
-            "--log-every", "1", "--out", str(out)]
+            "--log-every", "1", "--log-seconds", "0", "--out", str(out)]
     args[args.index("--workers") + 1] = "1"
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
