@@ -114,8 +114,9 @@ class Case:
 
 def make_batch(case: Case, device: torch.device, classes: int = 0, seed: int = 0) -> tuple[ImageSet, Batch]:
     """A synthetic data set of ``case.batch`` images and all of them as one batch, as the Loader
-    hands it to the step: uint8 (N, 3, L, L) at the load size, float32 aspect ratios (square at
-    <= 32 px, photo-like, width / height in [0.6, 1.7], above), labels in [0, classes) (-1 without)."""
+    hands it from its cache: uint8 (N, 3, L, L) at the load size, float32 original sizes (square L x L at
+    <= 32 px; above, photo-like: height L, width / height in [0.6, 1.7]), labels in [0, classes) (-1
+    without)."""
     g = torch.Generator().manual_seed(seed)
     n, side = case.batch, case.load_size
     images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
@@ -123,10 +124,11 @@ def make_batch(case: Case, device: torch.device, classes: int = 0, seed: int = 0
         aspect = torch.ones(n)
     else:
         aspect = torch.exp(math.log(0.6) + (math.log(1.7) - math.log(0.6)) * torch.rand(n, generator=g))
+    sizes = torch.stack([torch.full((n,), float(side)), (side * aspect).round()], 1)
     labels = torch.randint(0, classes, (n,), generator=g) if classes else torch.full((n,), -1)
     data = ImageSet(paths=None, arrays=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
                     class_names=[str(c) for c in range(classes)], name="synthetic")
-    return data, Batch(images.to(device), aspect.to(device), labels.to(device), torch.arange(n))
+    return data, Batch(images.to(device), sizes.to(device), labels.to(device), torch.arange(n))
 
 
 def pretrain_augment(case: Case) -> SimCLRAugment:

@@ -3,7 +3,8 @@
 Writes ``--images`` random-ish JPEGs (smooth colour fields plus noise, ``--jpeg-size`` px square,
 quality 90) to a temporary folder, opens it as ``simclrv2.data.open_images`` does, and runs the
 pretraining data path through ``simclrv2.data.loader.Loader`` (train mode, cache off, with 0
-and 1 worker processes): decode, squash to the load size, collate, then the two augmented views
+and 1 worker processes): header, the two crop boxes, decode (reduced where the boxes allow), the two
+crops resampled to the image size, collate, then the two augmented views
 of the pretraining step's augmentation, as the step makes them. Its images/s (an image = its two
 views; one epoch after a warm-up epoch) is set against the rate of the real pretraining step
 (``Engine.train_step``, from ``step_overhead.py``: same model, size and batch), measured in the
@@ -42,19 +43,32 @@ from simclrv2.distributed import Runtime  # noqa: E402
 from simclrv2.engine.loop import step_generator  # noqa: E402
 
 
-def write_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> int:
-    """``count`` photo-like JPEGs in ``folder``; returns their total size in bytes."""
+def write_jpegs(folder: Path, count: int, size: int | tuple[int, int], seed: int = 0) -> int:
+    """``count`` photo-like JPEGs in ``folder`` (``size``: a side, or (width, height)); returns their total
+    size in bytes."""
     rng = np.random.default_rng(seed)
+    width, height = (size, size) if isinstance(size, int) else size
     total = 0
     for i in range(count):
         coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-        field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.int16)
-        noise = rng.normal(0, 12, (size, size, 3))
+        field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+        noise = rng.normal(0, 12, (height, width, 3))
         pixels = np.clip(field + noise, 0, 255).astype(np.uint8)
         path = folder / f"img_{i:05d}.jpg"
         Image.fromarray(pixels).save(path, quality=90)
         total += path.stat().st_size
     return total
+
+
+def _jpeg_size(text: str) -> int | tuple[int, int]:
+    if "x" in text:
+        width, height = text.split("x")
+        return int(width), int(height)
+    return int(text)
+
+
+def _size_text(size: int | tuple[int, int]) -> str:
+    return f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
 def data_rate(folder: Path, case: Case, workers: int, device: torch.device, epochs: int = 1,
@@ -65,14 +79,16 @@ def data_rate(folder: Path, case: Case, workers: int, device: torch.device, epoc
     runtime = Runtime(0, 1, 0, device)
     augment = pretrain_augment(case)
     start = time.perf_counter()
-    loader = Loader(images, "train", case.load_size, case.batch, runtime, seed=0, workers=workers, cache="off")
+    loader = Loader(images, "train", case.load_size, case.batch, runtime, seed=0, workers=workers, cache="off",
+                    crops=TrainCrops.of(augment.config, views=2))
     count, step, first_batch_s = 0, 0, None
     t0 = None
     for epoch in range(epochs + 1):  # epoch 0 warms up (worker start, first decodes)
         for batch in loader.epoch(epoch):
             if views:
                 g = step_generator(0, step, 0, device)
-                out = torch.cat([augment(batch.images, batch.aspect, g), augment(batch.images, batch.aspect, g)])
+                out = torch.cat([augment(batch.images, batch.sizes, g, view=0),
+                                 augment(batch.images, batch.sizes, g, view=1)])
                 del out
             step += 1
             if first_batch_s is None:
@@ -126,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="r50_1x_sk0:96:16", help="model:size:batch of the training step")
     parser.add_argument("--images", type=int, default=512, help="JPEG files to write")
-    parser.add_argument("--jpeg-size", type=int, default=256, help="side of the JPEGs in pixels")
+    parser.add_argument("--jpeg-size", type=_jpeg_size, default=256,
+                        help="side of the JPEGs in pixels, or WIDTHxHEIGHT")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="Loader worker counts")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per worker count")
     parser.add_argument("--step-rate", type=float, default=None,
@@ -173,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         step_ips, step_note = result["full_ips"], f"measured (median of {args.step_steps})"
 
     print(f"# data_path ({datetime.date.today()})\n")
-    print(machine_line(device) + f", device: {device}; {args.images} JPEGs of {args.jpeg_size}x{args.jpeg_size} "
+    print(machine_line(device) + f", device: {device}; {args.images} JPEGs of {_size_text(args.jpeg_size)} "
           f"({nbytes / args.images / 1024:.0f} KiB each), load size {case.load_size}, "
           f"{case.model} @ {case.size} px, batch {case.batch}\n")
     rows = []

@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median)")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--stages", nargs="+", default=None,
+                        help="the stages besides pretraining to measure (default: every registered one)")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--no-fit", action="store_true", help="skip the largest-batch search")
     parser.add_argument("--fit-step", type=int, default=32, help="resolution of the largest-batch search")
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
             for batch in args.batch_sizes:
                 r = measure("pretrain", name, args.size, batch, device, backend, args.warmup, args.steps, flops)
                 pre_rows.append([name, mode, batch, *rate_cells(r, flops["pretrain"], peak)])
-            for kind in [stage.name for stage in stages() if stage.name != "pretrain"]:
+            for kind in [stage.name for stage in stages() if stage.name != "pretrain"
+                         and (args.stages is None or stage.name in args.stages)]:
                 batch = args.classifier_batch
                 r = measure(kind, name, args.size, batch, device, backend, args.warmup, args.steps, flops)
                 cls_rows.append([kind, name, mode, batch, *rate_cells(r, flops[kind], peak)])

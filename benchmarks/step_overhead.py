@@ -4,7 +4,7 @@ The *full* step is the real one: ``Engine.train_step`` of a pretraining run
 (``simclrv2.stages.pretrain.build`` with its defaults, see ``_common.stage_engine``) on a
 synthetic uint8 batch that is the run's whole data set. It sets the scheduled learning rate,
 draws the step's generator, runs ``ContrastiveStep`` under autocast (two augmented views of the
-batch with its aspect ratios, one forward of the ``ContrastiveModel``, NT-Xent at temperature
+batch with its original sizes, one forward of the ``ContrastiveModel``, NT-Xent at temperature
 0.1), checks the loss without a host sync, runs backward, the LARS step on the stage's parameter
 groups (weight decay 1e-4, BN/bias exempt) and ``zero_grad(set_to_none)``.
 
@@ -135,7 +135,8 @@ def measure(case: Case, device: torch.device, warmup: int, steps: int, precision
     step = engine.step
     with torch.no_grad():
         g = step_generator(1, 0, 0, device)
-        views = torch.cat([step.augment(batch.images, batch.aspect, g), step.augment(batch.images, batch.aspect, g)])
+        views = torch.cat([step.augment(batch.images, batch.sizes, g, view=0),
+                           step.augment(batch.images, batch.sizes, g, view=1)])
         ready = step.layout(views).detach().clone()
 
     def full() -> None:
@@ -180,7 +181,7 @@ def augment_only(case: Case, device: torch.device, warmup: int, steps: int) -> f
 
     def views(i: int) -> torch.Tensor:
         g = step_generator(0, i, 0, device)
-        return torch.cat([augment(batch.images, batch.aspect, g), augment(batch.images, batch.aspect, g)])
+        return torch.cat([augment(batch.images, batch.sizes, g, view=0), augment(batch.images, batch.sizes, g, view=1)])
 
     for i in range(warmup):
         views(i)

@@ -6,16 +6,16 @@ Chen et al. 2020 (SimCLR, Appendix A) and the official ``data_util.py``: random 
 [0, 1] after each), grayscale with p 0.2, Gaussian blur with p 0.5 (sigma in [0.1, 2], kernel
 10% of the image size), pixels in [0, 1] without mean/std normalisation.
 
-Input is a batch of uint8 images that the data loader resized to a square (whatever their
-original shape) plus each image's original aspect ratio (width / height): crops are drawn in
-the original image's geometry, so the squash does not distort them. Every random number comes
-from the ``torch.Generator`` passed in; the training loops seed it per step, so a resumed run
-draws the same augmentations as an uninterrupted one.
+The crop is TF's ``sample_distorted_bounding_box`` on the original pixel grid, resampled from
+source pixels (``simclrv2.crops``): the loader's workers crop the decoded full-resolution image
+and hand over uint8 views, or, for small images cached at their own resolution, the crop is
+drawn here. Every random number comes from the ``torch.Generator`` passed in (and, for the
+workers' crops, from a generator seeded by (seed, epoch, position)); the training loops seed it
+per step, so a resumed run draws the same augmentations as an uninterrupted one.
 
-Deviations from the official TF code, all deliberate: the crop box is continuous (TF rounds to
-whole pixels) and falls back to the whole image after 10 tries (TF: 100); blur draws one sigma
-per image as the paper describes (the TF2 code draws one per batch); bicubic resampling uses
-PyTorch's kernel (a = -0.75; TF's uses a = -0.5).
+Deviations from the official TF code, all deliberate: blur draws one sigma per image as the
+paper describes (the TF2 code draws one per batch); bicubic resampling uses PyTorch's kernel
+(a = -0.75; TF's uses a = -0.5).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor
 
+from .crops import AREA_RANGE, RATIO_RANGE, min_covered_for, normalized, resized_crop, sample_boxes
+
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # TF rgb_to_grayscale
 
 
@@ -34,8 +36,8 @@ class AugmentConfig:
     """Parameters of one augmentation pipeline (see the presets below)."""
 
     size: int = 224
-    crop_area: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_area: tuple[float, float] = AREA_RANGE
+    crop_ratio: tuple[float, float] = RATIO_RANGE
     flip: bool = True
     color_strength: float = 1.0  # 0 disables colour jitter and grayscale
     color_p: float = 0.8
@@ -62,49 +64,6 @@ class AugmentConfig:
 
 def _uniform(shape, low, high, generator, device) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, generator=generator, device=device)
-
-
-def sample_crop_boxes(aspect: torch.Tensor, area: tuple[float, float], ratio: tuple[float, float],
-                      generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
-    """Random crop boxes (cx, cy, w, h) in [0, 1] image coordinates, one per image.
-
-    ``area`` is the crop's fraction of the image area and ``ratio`` its aspect ratio in pixels
-    (width / height); ``aspect`` is each image's width / height. The first of ``attempts`` draws
-    that fits inside the image is kept; if none fits, the whole image.
-    """
-    n, device = aspect.shape[0], aspect.device
-    a = _uniform((n, attempts), area[0], area[1], generator, device)
-    r = _uniform((n, attempts), ratio[0], ratio[1], generator, device)
-    rho = aspect.float().unsqueeze(1)
-    w = torch.sqrt(a * r / rho)
-    h = torch.sqrt(a * rho / r)
-    fits = (w <= 1) & (h <= 1)
-    first = fits.int().argmax(1, keepdim=True)
-    found = fits.any(1)
-    w = torch.where(found, w.gather(1, first).squeeze(1), torch.ones_like(found, dtype=w.dtype))
-    h = torch.where(found, h.gather(1, first).squeeze(1), torch.ones_like(found, dtype=h.dtype))
-    cx = w / 2 + (1 - w) * torch.rand(n, generator=generator, device=device)
-    cy = h / 2 + (1 - h) * torch.rand(n, generator=generator, device=device)
-    return torch.stack([cx, cy, w, h], dim=1)
-
-
-def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int,
-                 flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Crop each image to its box and resize to ``size`` x ``size`` (bicubic), mirroring where ``flip``.
-
-    One ``grid_sample`` does crop, resize and flip for the whole batch.
-    """
-    n = images.shape[0]
-    cx, cy, w, h = boxes.unbind(1)
-    sx = w if flip is None else torch.where(flip, -w, w)
-    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = 2 * cx - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
-    out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    return out.clamp_(0, 1)
 
 
 def _hsv(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -249,28 +208,47 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
 
 
 class SimCLRAugment:
-    """A batched augmentation pipeline: uint8 (N, 3, S, S) + aspect (N,) -> float (N, 3, size, size).
+    """A batched augmentation pipeline on the training device: uint8 images -> float (N, 3, size, size).
 
     ``AugmentConfig.pretrain(size)`` gives the contrastive views; ``AugmentConfig.finetune(size)``
-    crop + flip only. Call it twice on the same batch for two independent views.
+    crop + flip only. The images come from the data loader in one of two forms (``data.loader``):
+
+    - already cropped: uint8 (N, V, 3, size, size), view ``view`` of each image's V crops, which the
+      loader's workers resampled from the full-resolution image (``crops.crop_pixels``); the flip,
+      colour and blur are drawn here;
+    - whole: uint8 (N, 3, S, S), each image at S x S (an in-memory cache of images no larger than S,
+      so nothing was lost), with ``sizes`` (N, 2) their original height and width: the box is drawn
+      here on the original pixel grid (``crops.sample_boxes``) and resampled from these pixels.
     """
 
     def __init__(self, config: AugmentConfig):
         self.config = config
 
-    def __call__(self, images: torch.Tensor, aspect: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator,
+                 view: int = 0) -> torch.Tensor:
         # Always in fp32, also inside the training step's autocast region: under bf16 autocast the
         # sampling grid of the crop (a bmm in affine_grid) and the blur would run in bf16, moving pixels.
         with torch.autocast(images.device.type, enabled=False):
-            return self._views(images, aspect, generator)
+            return self._views(images, sizes, generator, view)
 
-    def _views(self, images: torch.Tensor, aspect: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _views(self, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator,
+               view: int) -> torch.Tensor:
         cfg = self.config
         n, device = images.shape[0], images.device
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        boxes = sample_crop_boxes(aspect, cfg.crop_area, cfg.crop_ratio, generator)
-        flip = torch.rand(n, generator=generator, device=device) < 0.5 if cfg.flip else None
-        x = resized_crop(x, boxes, cfg.size, flip)
+        if images.dim() == 5:  # cropped by the loader
+            if tuple(images.shape[-2:]) != (cfg.size, cfg.size):
+                raise ValueError(f"the loader cropped views of {tuple(images.shape[-2:])} px, the augmentation "
+                                 f"makes {cfg.size} px")
+            x = _to_float(images[:, view])
+            if cfg.flip:
+                flip = torch.rand(n, generator=generator, device=device) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        else:
+            height, width = sizes[:, 0], sizes[:, 1]
+            boxes = sample_boxes(height, width, generator, cfg.crop_area, cfg.crop_ratio,
+                                 min_covered_for(cfg.crop_area[0]))
+            flip = torch.rand(n, generator=generator, device=device) < 0.5 if cfg.flip else None
+            x = resized_crop(_to_float(images), normalized(boxes, height, width), cfg.size, flip)
         if cfg.color_strength > 0:
             apply = torch.rand(n, generator=generator, device=device) < cfg.color_p
             x = color_jitter(x, cfg.color_strength, apply, generator)
@@ -282,3 +260,6 @@ class SimCLRAugment:
             x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma, cfg.size // 10), x)
         return x.clamp_(0, 1)
 
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()

@@ -16,7 +16,7 @@ from simclrv2.stages.configs import FinetuneConfig, PretrainConfig
 
 
 def fake_batch(i: int) -> Batch:
-    return Batch(torch.full((2, 3, 4, 4), i, dtype=torch.uint8), torch.ones(2), torch.zeros(2, dtype=torch.long),
+    return Batch(torch.full((2, 3, 4, 4), i, dtype=torch.uint8), torch.full((2, 2), 4.0), torch.zeros(2, dtype=torch.long),
                  torch.arange(2))
 
 

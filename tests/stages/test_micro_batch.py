@@ -29,13 +29,13 @@ class Views:
     def __init__(self, *views):
         self.views, self.calls = views, 0
 
-    def __call__(self, images, aspect, generator):
+    def __call__(self, images, sizes, generator, view=0):
         view = self.views[self.calls % len(self.views)]
         self.calls += 1
         return view
 
 
-def jitter(images, aspect, generator):
+def jitter(images, sizes, generator, view=0):
     """A random 'augmentation' of float64 images: the micro-batched step draws it per micro-batch
     and must replay it exactly in its second pass."""
     return images + 0.2 * torch.rand(images.shape, generator=generator, dtype=images.dtype)
@@ -92,7 +92,7 @@ def test_micro_batched_contrastive_step_has_the_gradients_of_the_whole_batch(m, 
     x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     v1, v2 = jittered_views(x, m, seed=5)
     labels = torch.tensor([0, 1, -1, 2, 1, -1, 0, 2])
-    batch = Batch(x, torch.ones(n), labels, torch.arange(n))  # (float images: the fake augmentation jitters them)
+    batch = Batch(x, torch.full((n, 2), 8.0), labels, torch.arange(n))  # (float images: the fake augmentation jitters them)
     criterion = NTXentLoss(0.5)
     reference = contrastive_model(3 if monitor else 0)
     ours = copy.deepcopy(reference)
@@ -125,10 +125,10 @@ def test_finetune_and_distill_accumulate_the_mean_loss_exactly_up_to_ghost_bn():
     n, m = 8, 2
     x = torch.rand(n, 3, 8, 8, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 1, -1, 0, -1, 2])
-    batch = Batch(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.ones(n), labels, torch.arange(n))
+    batch = Batch(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.full((n, 2), 8.0), labels, torch.arange(n))
     net = build_model(classifier_config("r18_0.125x_sk0", 3, 1, small_images=True)).double().train()
     teacher = build_model(classifier_config("r18_0.125x_sk0", 3, 1, small_images=True)).double().eval()
-    labeled = Batch(batch.images, batch.aspect, labels.clamp_min(0), batch.indices)  # fine-tuning: all labeled
+    labeled = Batch(batch.images, batch.sizes, labels.clamp_min(0), batch.indices)  # fine-tuning: all labeled
     for make, batch in ((lambda model, mb: DistillStep(model, model, teacher, Views(x), 0.5, 0.3,
                                                        StepSettings(micro_batch=mb)), batch),
                         (lambda model, mb: ClassifierStep(model, model, Views(x), StepSettings(micro_batch=mb)), labeled)):
@@ -158,7 +158,7 @@ def two_process_worker(rank, port, v1, v2, m, out_dir):
     mine = slice(rank * n, (rank + 1) * n)
     labels = torch.full((n,), -1)
     images = v1[mine]  # this process's images (v2 unused); the step draws their views
-    batch = Batch(images, torch.ones(n), labels, torch.arange(n))
+    batch = Batch(images, torch.full((n, 2), 8.0), labels, torch.arange(n))
     w1, w2 = jittered_views(images, m, seed=rank)
     criterion = NTXentLoss(0.5)
     reference = convert_to_global_bn(contrastive_model(), torch.device("cpu"))

@@ -26,7 +26,7 @@ class BrightnessStep(TrainStep):
         self.augment, self.ramp_steps = augment, ramp_steps
 
     def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
-        return self.layout(self.augment(batch.images, batch.aspect, generator))
+        return self.layout(self.augment(batch.images, batch.sizes, generator))
 
     def __call__(self, batch: Batch, generator: torch.Generator, index: int):
         x = self.inputs(batch, generator)

@@ -46,9 +46,10 @@ log = logging.getLogger("simclrv2")
 
 # The options of PretrainConfig that decide which images the first step sees and how they are
 # augmented (tests/commands/test_views.py checks that augment_config and the load size read no other),
-# plus the device, whose random stream they are drawn from.
+# plus the cache setting (whether training crops on the device or in the loader) and the device,
+# whose random stream they are drawn from.
 VIEW_OPTIONS = ("data", "holdout", "image_size", "load_size", "seed", "flip", "crop_min_area",
-                "color_strength", "blur", "device")
+                "color_strength", "blur", "cache", "device")
 CSV_NAME, SHEET_NAME = "views.csv", "contact_sheet.png"
 SHEET_PAIRS = 64  # pairs on the contact sheet at most (every pair still gets its PNGs)
 SHEET_CELL = 96  # views smaller than this are blown up (nearest neighbour) on the sheet
@@ -85,7 +86,7 @@ def draw_views(cfg: PretrainConfig, n: int, batch_size: int | None = None) -> Vi
     import torch
 
     from ..augment import SimCLRAugment
-    from ..data.loader import Loader
+    from ..data.loader import Loader, TrainCrops, cached
     from ..data.splits import open_splits
     from ..distributed import single_process
     from ..engine.loop import step_generator
@@ -99,14 +100,20 @@ def draw_views(cfg: PretrainConfig, n: int, batch_size: int | None = None) -> Vi
     if batch_size > len(train):
         raise UserError(f"--batch-size {batch_size} is larger than the {len(train)} training images of "
                         f"{cfg.data}: lower it")
-    loader = Loader(train, "train", cfg.resolved_load_size(), batch_size, runtime, seed=cfg.seed, workers=0,
-                    cache="off")
-    batch = next(iter(loader.epoch(0)))
     augment = SimCLRAugment(cfg.augment_config())
+    # the crops as training takes them: by the loader from full-resolution images, or, for data that
+    # training caches whole (no image larger than the load size), on the device from the whole image
+    crops = TrainCrops.of(augment.config, views=2)
+    load_size = cfg.resolved_load_size()
+    if cached(train, load_size, cfg.cache, crops):
+        crops = None
+    loader = Loader(train, "train", load_size, batch_size, runtime, seed=cfg.seed, workers=0, cache="off",
+                    crops=crops)
+    batch = next(iter(loader.epoch(0)))
     generator = step_generator(cfg.seed, 0, runtime.rank, runtime.device)
     with torch.no_grad():
-        a = augment(batch.images, batch.aspect, generator)
-        b = augment(batch.images, batch.aspect, generator)
+        a = augment(batch.images, batch.sizes, generator, view=0)
+        b = augment(batch.images, batch.sizes, generator, view=1)
     loader.summary()
     sources = [train.describe(int(i)) for i in batch.indices[:n]]
     return Views(to_pixels(a[:n]), to_pixels(b[:n]), sources)

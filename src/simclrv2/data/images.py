@@ -12,6 +12,7 @@ caller can skip it and count it instead of training on half an image.
 from __future__ import annotations
 
 import os
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -53,13 +54,43 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
-def load_rgb(path: str | os.PathLike, at_least: int | None = None) -> np.ndarray:
+# What a caller needs of the decoded size: a shorter side in pixels, or a function of the upright
+# (height, width) read from the header that returns one (or None: full size) before the pixels are decoded.
+AtLeast = Union[int, None, Callable[[int, int], Union[int, None]]]
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_ORIENTATION = 0x0112
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of the image as ``load_rgb`` returns it, read from the header alone."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as image:
+            return _upright(image)
+    except FileNotFoundError:
+        raise BadImage(path, "no such file", "check the path or re-create the file list") from None
+    except Exception as exc:  # noqa: BLE001 - a header Pillow cannot parse: the decode reports it in full
+        raise BadImage(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def _upright(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: exif_transpose ignores it too
+        orientation = 1
+    return (width, height) if orientation in _TRANSPOSED else (height, width)
+
+
+def load_rgb(path: str | os.PathLike, at_least: AtLeast = None) -> np.ndarray:
     """Decode ``path`` fully into a writable ``uint8`` array of shape (H, W, 3), upright per EXIF.
 
     ``at_least``: the caller needs both sides of at least this many pixels. A JPEG that is twice that
     or more is then decoded at 1/2, 1/4 or 1/8 scale (the DCT scaling of libjpeg, Pillow's ``draft``:
     several times faster for the 3000-6000 px photos of phones, drones and slide scanners), the largest
-    reduction that keeps both sides at ``at_least`` or more. Other formats decode in full.
+    reduction that keeps both sides at ``at_least`` or more. Other formats decode in full. ``at_least``
+    may be a function of the upright (height, width), called once with the header's size before any
+    pixel is decoded (the random crops of training draw their boxes there).
     Raises :class:`BadImage` for anything that is not a complete, decodable image.
     """
     path = os.fspath(path)
@@ -74,11 +105,13 @@ def load_rgb(path: str | os.PathLike, at_least: int | None = None) -> np.ndarray
     return array
 
 
-def _decode(path: str, at_least: int | None = None) -> Image.Image:
+def _decode(path: str, at_least: AtLeast = None) -> Image.Image:
     """Open, fully decode (at a reduced JPEG scale when ``at_least`` allows) and rotate upright; every
     failure becomes BadImage."""
     try:
         with Image.open(path) as image:
+            if callable(at_least):
+                at_least = at_least(*_upright(image))
             if at_least and image.format == "JPEG" and min(image.size) >= 2 * at_least:
                 image.draft("RGB", (at_least, at_least))  # (a square request: rotation cannot matter)
             width, height = image.size

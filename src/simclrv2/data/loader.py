@@ -1,11 +1,20 @@
 """From an ImageSet to batches of uint8 tensors on the training device.
 
-Decoding and resizing happen in DataLoader worker processes (or once, into an in-memory cache,
-for datasets small enough, kept on the GPU when training there); the device receives uint8 tensors and does the augmentation itself
-(``simclrv2.augment``). Two preprocessing modes:
+Decoding happens in DataLoader worker processes (or once, into an in-memory cache, for data small
+enough, kept on the GPU when training there); the device receives uint8 tensors and does the rest of
+the augmentation itself (``simclrv2.augment``). Preprocessing modes:
 
-- ``train``: the whole image squashed to ``load_size`` x ``load_size``, with its original aspect
-  ratio alongside, so the device-side random crop can be drawn in the original geometry.
+- ``train`` with ``crops`` (the training stages): the random crops come from the full-resolution
+  image, as the official code takes them. A worker reads the image's size from its header, draws
+  each view's box on that pixel grid (``crops.sample_boxes``, from a generator seeded by (seed,
+  epoch, position in the epoch): the same views with any number of workers, and after a resume),
+  decodes the JPEG at the largest DCT reduction that keeps every box at least the training size in
+  decoded pixels (often 1/2 to 1/8 for phone photos), and resamples each box to the training size
+  (``crops.crop_pixels``): uint8 (V, 3, size, size) per image. Data whose images are all no larger
+  than ``load_size`` (nothing is lost by keeping them at that size) and that fits ``CACHE_BYTES``
+  is cached whole instead, and the device draws the boxes (on the original grid) itself.
+- ``train`` without ``crops``: the whole image squashed to ``load_size`` x ``load_size``, with its
+  original height and width alongside.
 - ``eval``: the official evaluation view, a centre crop of ``crop_fraction`` of the shorter side
   (aspect preserved) resized to ``size`` x ``size`` (bicubic).
 
@@ -32,9 +41,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..crops import crop_pixels, min_covered_for, sample_boxes
 from ..distributed import Runtime
 from ..errors import UserError
-from .images import BadImage
+from .images import BadImage, upright_size
 from .sources import ImageSet
 
 log = logging.getLogger(__name__)
@@ -71,8 +81,43 @@ def worker_count(workers: int | None) -> int:
 _WARNED: set[int] = set()
 
 
-def preprocess(array: np.ndarray, mode: str, size: int, crop_fraction: float) -> tuple[np.ndarray, float]:
-    """uint8 (H, W, 3) -> uint8 (3, size, size) and the original width / height."""
+@dataclass(frozen=True)
+class TrainCrops:
+    """The random crops a training stage takes of each image: ``views`` boxes, resampled to ``size``."""
+
+    size: int
+    views: int = 1
+    area: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @classmethod
+    def of(cls, config, views: int) -> "TrainCrops":
+        """From an ``augment.AugmentConfig``."""
+        return cls(config.size, views, tuple(config.crop_area), tuple(config.crop_ratio))
+
+    def boxes(self, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """``views`` boxes (top, left, h, w) on a ``height`` x ``width`` image."""
+        h = torch.full((self.views,), height, dtype=torch.int64)
+        w = torch.full((self.views,), width, dtype=torch.int64)
+        return sample_boxes(h, w, generator, self.area, self.ratio, min_covered_for(self.area[0]))
+
+
+def item_seed(seed: int, epoch: int, position: int) -> int:
+    """The seed of the crops of the image at ``position`` of ``epoch``'s order (any worker, any process)."""
+    words = np.random.SeedSequence([seed, epoch, position]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def reduced_side(shorter: int, box_side: int, size: int) -> int | None:
+    """The shorter side to ask of a reduced JPEG decode (``load_rgb``'s ``at_least``) so that a box whose
+    shorter side is ``box_side`` source pixels keeps at least ``size`` decoded pixels; None: full size."""
+    if box_side <= size:
+        return None
+    return -(-shorter * size // box_side)
+
+
+def preprocess(array: np.ndarray, mode: str, size: int, crop_fraction: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 (H, W, 3) -> uint8 (3, size, size) and the original (height, width)."""
     height, width = array.shape[:2]
     image = Image.fromarray(array)
     if mode == "eval" and crop_fraction < 1.0:
@@ -89,7 +134,7 @@ def preprocess(array: np.ndarray, mode: str, size: int, crop_fraction: float) ->
     if image.size != (size, size):
         image = image.resize((size, size), Image.BICUBIC)
     out = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-    return np.ascontiguousarray(out), (width / height if mode == "train" else 1.0)
+    return np.ascontiguousarray(out), (height, width)
 
 
 def needed_side(mode: str, size: int, crop_fraction: float) -> int:
@@ -99,34 +144,60 @@ def needed_side(mode: str, size: int, crop_fraction: float) -> int:
 
 
 class ImageDataset(Dataset):
-    """Item i of an ImageSet, decoded and preprocessed; see the module docstring for ``mode``."""
+    """Item i of an ImageSet, decoded and preprocessed; see the module docstring for ``mode``.
+
+    With ``crops`` the items are keyed by (index, seed) pairs (``EpochBatchSampler(seeded=True)``) and
+    hold the cropped views, uint8 (V, 3, crops.size, crops.size).
+    """
 
     def __init__(self, images: ImageSet, mode: str, size: int, crop_fraction: float = 0.875,
-                 strict: bool = False, substitute: bool = True):
+                 strict: bool = False, substitute: bool = True, crops: TrainCrops | None = None):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         self.images, self.mode, self.size = images, mode, size
         self.crop_fraction, self.strict, self.substitute = crop_fraction, strict, substitute
+        self.crops = crops if mode == "train" else None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, seed = key if isinstance(key, tuple) else (key, 0)
         skipped: list[str] = []
         n = len(self.images)
         for attempt in range(MAX_SUBSTITUTES if self.substitute else 1):
             j = (i + attempt * 7919) % n  # a large step: the substitute is rarely in the same batch
             try:
-                array = self.images.load(j, needed_side(self.mode, self.size, self.crop_fraction))
+                if self.crops is not None:
+                    pixels, original = self.cropped(j, seed)
+                else:
+                    array = self.images.load(j, needed_side(self.mode, self.size, self.crop_fraction))
+                    pixels, original = preprocess(array, self.mode, self.size, self.crop_fraction)
+                    pixels = torch.from_numpy(pixels)
             except BadImage as exc:
                 skipped.append(str(exc))
                 if self.strict:
                     break
                 continue
-            pixels, aspect = preprocess(array, self.mode, self.size, self.crop_fraction)
-            return {"image": torch.from_numpy(pixels), "aspect": aspect,
+            return {"image": pixels, "size": original,
                     "label": int(self.images.labels[j]), "index": j, "skipped": skipped, "ok": True}
-        return {"image": None, "aspect": 1.0, "label": -1, "index": i, "skipped": skipped, "ok": False}
+        return {"image": None, "size": (1, 1), "label": -1, "index": i, "skipped": skipped, "ok": False}
+
+    def cropped(self, j: int, seed: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image ``j``'s views: boxes drawn on its full-resolution grid, then the decode (reduced where
+        every box keeps ``crops.size`` pixels) and the resampling of each box. Also returns its size."""
+        crops = self.crops
+        generator = torch.Generator().manual_seed(seed)
+        drawn: dict = {}
+
+        def decode_side(height: int, width: int) -> int | None:
+            drawn["size"], drawn["boxes"] = (height, width), crops.boxes(height, width, generator)
+            return reduced_side(min(height, width), int(drawn["boxes"][:, 2:].min()), crops.size)
+
+        array = self.images.load(j, decode_side)
+        (height, width), boxes = drawn["size"], drawn["boxes"].to(torch.float64)
+        scale = torch.tensor([array.shape[0] / height, array.shape[1] / width] * 2, dtype=torch.float64)
+        return crop_pixels(torch.from_numpy(array), boxes * scale, crops.size), (height, width)
 
 
 def collate(items: list[dict], full: bool = False) -> dict:
@@ -144,7 +215,7 @@ def collate(items: list[dict], full: bool = False) -> dict:
     if good:
         batch.update(
             images=torch.stack([it["image"] for it in good]),
-            aspect=torch.tensor([it["aspect"] for it in good], dtype=torch.float32),
+            sizes=torch.tensor([it["size"] for it in good], dtype=torch.float32),
             labels=torch.tensor([it["label"] for it in good], dtype=torch.long),
             indices=torch.tensor([it["index"] for it in good], dtype=torch.long),
         )
@@ -155,8 +226,8 @@ def collate(items: list[dict], full: bool = False) -> dict:
 class Batch:
     """One process's share of a global batch, on the training device."""
 
-    images: torch.Tensor  # uint8 (N, 3, S, S)
-    aspect: torch.Tensor  # float32 (N,): original width / height (1 in eval mode)
+    images: torch.Tensor  # uint8 (N, 3, S, S) whole images, or (N, V, 3, S, S) the views the workers cropped
+    sizes: torch.Tensor  # float32 (N, 2): each image's original height and width
     labels: torch.Tensor  # int64 (N,), -1 where unknown
     indices: torch.Tensor  # int64 (N,): positions in the ImageSet
     views: Optional[torch.Tensor] = None  # the step's augmented inputs, when drawn ahead (``engine.loop``)
@@ -168,15 +239,17 @@ class EpochBatchSampler(Sampler):
     Every epoch draws a permutation seeded by (seed, epoch), cuts it into global batches of
     ``global_batch`` items (the incomplete last one dropped when ``drop_last``), and gives rank r
     the r-th slice of each. ``set_epoch(epoch, start)`` chooses the epoch and the first batch.
+    ``seeded``: each item is an (index, seed) pair, the seed a function of (seed, epoch, position
+    in the epoch) alone (``item_seed``), for the random crops the workers draw.
     """
 
     def __init__(self, n: int, global_batch: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, drop_last: bool = True):
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = True, seeded: bool = False):
         if global_batch % world_size:
             raise UserError(f"batch size {global_batch} is not divisible by the {world_size} processes: "
                             "use a multiple of the process count")
         self.n, self.global_batch, self.rank, self.world_size = n, global_batch, rank, world_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.seed, self.shuffle, self.drop_last, self.seeded = seed, shuffle, drop_last, seeded
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -199,7 +272,33 @@ class EpochBatchSampler(Sampler):
         for b in range(self.start, self.batches_per_epoch()):
             chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
             per_rank = -(-len(chunk) // self.world_size) if len(chunk) < self.global_batch else local
-            yield chunk[self.rank * per_rank:(self.rank + 1) * per_rank]
+            first = self.rank * per_rank
+            mine = chunk[first:first + per_rank]
+            if self.seeded:
+                origin = b * self.global_batch + first
+                mine = [(i, item_seed(self.seed, self.epoch, origin + k)) for k, i in enumerate(mine)]
+            yield mine
+
+
+def cached(images: ImageSet, size: int, cache: str, crops: TrainCrops | None) -> bool:
+    """Whether a ``Loader`` keeps ``images`` in memory at ``size`` (see its ``cache`` argument)."""
+    if cache != "auto":
+        return cache == "on"
+    return len(images) * 3 * size * size <= CACHE_BYTES and (crops is None or no_larger_than(images, size))
+
+
+def no_larger_than(images: ImageSet, side: int) -> bool:
+    """Whether no image of ``images`` has a side longer than ``side`` pixels (read from the headers;
+    stops at the first larger one). Unreadable files are left to the decoding to report."""
+    if images.arrays is not None:
+        return max(images.arrays.shape[1:3]) <= side
+    for path in images.paths:
+        try:
+            if max(upright_size(path)) > side:
+                return False
+        except BadImage:
+            continue
+    return True
 
 
 @dataclass
@@ -207,7 +306,7 @@ class Cache:
     """Preprocessed pixels of a whole ImageSet in memory (bad images left out)."""
 
     images: torch.Tensor
-    aspect: torch.Tensor
+    sizes: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     skipped: list[str] = field(default_factory=list)
@@ -228,7 +327,7 @@ def build_cache(images: ImageSet, mode: str, size: int, crop_fraction: float, wo
             parts.append(batch)
     if not parts:
         raise UserError(f"no readable image in {images.name}: check the files")
-    cache = Cache(*(torch.cat([p[k] for p in parts]) for k in ("images", "aspect", "labels", "indices")))
+    cache = Cache(*(torch.cat([p[k] for p in parts]) for k in ("images", "sizes", "labels", "indices")))
     cache.skipped = skipped
     return cache
 
@@ -238,17 +337,21 @@ class Loader:
 
     Args:
         images: the data.
-        mode: "train" (squashed to ``load_size`` + aspect, for device-side augmentation) or "eval".
+        mode: "train" (``crops``, or squashed to ``load_size``, for device-side augmentation) or "eval".
         size: ``load_size`` in train mode, the final image size in eval mode.
+        crops: in train mode, the views the workers crop from the full-resolution images (the
+            module docstring); data no larger than ``load_size`` is cached whole instead.
         global_batch: images per step over all processes.
         runtime: this process's rank, world size and device.
         shuffle / drop_last: per-epoch permutation; drop the incomplete last global batch.
-        cache: "auto" (in memory when it fits ``CACHE_BYTES``), "on" or "off".
+        cache: "auto" (in memory when it fits ``CACHE_BYTES`` and, with ``crops``, when no image is larger
+            than ``load_size``), "on" (also larger images, squashed: their crops lose resolution) or "off".
     """
 
     def __init__(self, images: ImageSet, mode: str, size: int, global_batch: int, runtime: Runtime,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = True, workers: int | None = None,
-                 cache: str = "auto", crop_fraction: float = 0.875, strict: bool = False):
+                 cache: str = "auto", crop_fraction: float = 0.875, strict: bool = False,
+                 crops: TrainCrops | None = None):
         if len(images) == 0:
             raise UserError(f"{images.name} holds no images")
         self.images, self.mode, self.size = images, mode, size
@@ -258,7 +361,8 @@ class Loader:
         self._reported: set[str] = set()
         self.strict = strict
         self.cache: Cache | None = None
-        if cache == "on" or (cache == "auto" and len(images) * 3 * size * size <= CACHE_BYTES):
+        crops = crops if mode == "train" else None
+        if cached(images, size, cache, crops):
             self.cache = build_cache(images, mode, size, crop_fraction, self.workers, strict)
             self._report(self.cache.skipped)
             n = len(self.cache.indices)
@@ -267,11 +371,12 @@ class Loader:
         if global_batch > n and drop_last:
             raise UserError(f"batch size {global_batch} is larger than the {n} images of {images.name}: "
                             "lower --batch-size")
+        self.crops = crops if self.cache is None else None  # the workers crop; else the device does
         self.sampler = EpochBatchSampler(n, global_batch, runtime.rank, runtime.world_size, seed,
-                                         shuffle, drop_last)
+                                         shuffle, drop_last, seeded=self.crops is not None)
         self._loader = None
         if self.cache is None:
-            dataset = ImageDataset(images, mode, size, crop_fraction, strict)
+            dataset = ImageDataset(images, mode, size, crop_fraction, strict, crops=self.crops)
             self._loader = DataLoader(
                 dataset, batch_sampler=self.sampler, num_workers=self.workers,
                 collate_fn=functools.partial(collate, full=mode == "train" and drop_last),
@@ -282,7 +387,7 @@ class Loader:
             # Kept on the GPU (at most CACHE_BYTES) and gathered there: indexing a pinned host copy makes a
             # fresh pageable tensor every step, whose "non-blocking" copy then blocks.
             c = self.cache
-            c.images, c.aspect, c.labels = (t.to(runtime.device) for t in (c.images, c.aspect, c.labels))
+            c.images, c.sizes, c.labels = (t.to(runtime.device) for t in (c.images, c.sizes, c.labels))
 
     def __len__(self) -> int:
         return self.sampler.batches_per_epoch()
@@ -308,7 +413,7 @@ class Loader:
             for positions in self.sampler:
                 idx = torch.as_tensor(positions, dtype=torch.long)
                 where = idx.to(c.images.device, non_blocking=non_blocking)  # the cache's device (GPU or host)
-                yield Batch(c.images[where].to(device), c.aspect[where].to(device), c.labels[where].to(device),
+                yield Batch(c.images[where].to(device), c.sizes[where].to(device), c.labels[where].to(device),
                             c.indices[idx])
             return
         for batch in self._loader:
@@ -324,7 +429,7 @@ class Loader:
                                     "to stop at the first unreadable one")
                 continue
             yield Batch(batch["images"].to(device, non_blocking=non_blocking),
-                        batch["aspect"].to(device, non_blocking=non_blocking),
+                        batch["sizes"].to(device, non_blocking=non_blocking),
                         batch["labels"].to(device, non_blocking=non_blocking),
                         batch["indices"])
 

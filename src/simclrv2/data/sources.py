@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..names import IMAGE_EXTENSIONS
-from .images import load_rgb
+from .images import AtLeast, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,13 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths) if self.paths is not None else len(self.arrays)
 
-    def load(self, i: int, at_least: int | None = None) -> np.ndarray:
+    def load(self, i: int, at_least: AtLeast = None) -> np.ndarray:
         """Item ``i`` as a writable uint8 (H, W, 3) array; raises BadImage for a bad file. ``at_least``:
-        sides the caller needs (a large JPEG may then decode at a reduced scale, ``load_rgb``)."""
+        sides the caller needs (a large JPEG may then decode at a reduced scale, ``load_rgb``), or a
+        function of the (height, width) that returns them, called before decoding."""
         if self.arrays is not None:
+            if callable(at_least):
+                at_least(*self.arrays[i].shape[:2])
             return self.arrays[i].copy()
         return load_rgb(self.paths[i], at_least)
 

@@ -66,26 +66,53 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     return g
 
 
-def drawn_ahead(batches: Iterator[Batch], views: Callable[[Batch, int], torch.Tensor], first: int) -> Iterator[Batch]:
+def drawn_ahead(batches: Iterator[Batch], views: Callable[[Batch, int], torch.Tensor], first: int,
+                device: torch.device | None = None) -> Iterator[Batch]:
     """``batches`` (those of steps ``first``, ``first + 1``, ...) with ``batch.views = views(batch, step)``
     computed in a thread one batch ahead: the views of step t + 1 are drawn while step t computes.
 
+    On a CUDA ``device`` the thread queues its kernels on a side stream, so that they run beside the
+    step's instead of behind them: the side stream waits for the batch's copy to the device, the step's
+    stream waits for the views, and each tensor is recorded on the stream that uses it last (the
+    caching allocator then does not hand its memory out early).
+
     The views of a step come from its own generator (``step_generator``), so they are the same as
     drawn in the step itself, and a resumed run still repeats the uninterrupted one."""
-    with ThreadPoolExecutor(1, thread_name_prefix="views") as pool:
-        def draw(batch: Batch, step: int) -> Batch:
-            with torch.no_grad():
+    side = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
+
+    def draw(batch: Batch, step: int, copied) -> tuple[Batch, object]:
+        with torch.no_grad():
+            if side is None:
                 batch.views = views(batch, step)
-            return batch
+                return batch, None
+            with torch.cuda.stream(side):
+                side.wait_event(copied)
+                batch.images.record_stream(side)
+                batch.views = views(batch, step)
+                done = torch.cuda.Event()
+                done.record(side)
+            return batch, done
+
+    with ThreadPoolExecutor(1, thread_name_prefix="views") as pool:
+        def submit(batch: Batch | None, step: int):
+            if batch is None:
+                return None
+            copied = None
+            if side is not None:
+                copied = torch.cuda.Event()
+                copied.record()  # on this thread's stream, after the batch's copy was queued
+            return pool.submit(draw, batch, step, copied)
 
         step = first
-        batch = next(batches, None)
-        pending = pool.submit(draw, batch, step) if batch is not None else None
+        pending = submit(next(batches, None), step)
         while pending is not None:
-            ready = pending.result()
+            ready, done = pending.result()
+            if done is not None:
+                stream = torch.cuda.current_stream(device)
+                stream.wait_event(done)
+                ready.views.record_stream(stream)
             step += 1
-            batch = next(batches, None)
-            pending = pool.submit(draw, batch, step) if batch is not None else None
+            pending = submit(next(batches, None), step)
             yield ready
 
 
@@ -114,7 +141,8 @@ class Engine:
         self.stop = stop or StopSignals()
         self.model, self.step = parts.model, parts.step
         self.loader = Loader(parts.train_images, "train", cfg.resolved_load_size(), cfg.batch_size, runtime,
-                             seed=cfg.seed, workers=cfg.workers, cache=cfg.cache, strict=cfg.strict_data)
+                             seed=cfg.seed, workers=cfg.workers, cache=cfg.cache, strict=cfg.strict_data,
+                             crops=self.step.crops)
         self.steps_per_epoch = len(self.loader)
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.epochs)
         self.optimizer = build_optimizer(cfg.optimizer, parts.param_groups, lr=0.0, momentum=cfg.momentum)
@@ -204,7 +232,7 @@ class Engine:
             epoch, first = divmod(p.step, spe)
             batches = self.loader.epoch(epoch, first)
             if self.draws_ahead:
-                batches = drawn_ahead(batches, self._views, p.step)
+                batches = drawn_ahead(batches, self._views, p.step, self.runtime.device)
             for batch in batches:
                 _, logs = self.train_step(batch)
                 window.add(logs, batch.images.shape[0] * self.runtime.world_size)

@@ -124,7 +124,8 @@ def trace_peak(step: TrainStep, optimizer: torch.optim.Optimizer, optimizer_name
         with counter:
             n, side = batch_images, load_size
             batch = Batch(torch.empty((n, 3, side, side), dtype=torch.uint8, device=device),
-                          torch.ones(n, device=device), torch.zeros(n, dtype=torch.long, device=device),
+                          torch.full((n, 2), float(side), device=device),
+                          torch.zeros(n, dtype=torch.long, device=device),
                           torch.arange(n))
             before = counter.live
             with autocast(device, precision):

@@ -36,7 +36,7 @@ def recalibrate_bn(step: TrainStep, images: ImageSet, cfg: StageConfig, runtime:
     batch = max(1, min(cfg.micro_batch or cfg.batch_size // runtime.world_size, share))
     alone = Runtime(0, 1, runtime.local_rank, runtime.device)
     loader = Loader(mine, "train", cfg.resolved_load_size(), batch, alone, seed=cfg.seed, shuffle=False,
-                    drop_last=False, workers=cfg.workers, cache="off", strict=cfg.strict_data)
+                    drop_last=False, workers=cfg.workers, cache="off", strict=cfg.strict_data, crops=step.crops)
     generator = torch.Generator(device=runtime.device).manual_seed(cfg.seed + 7919 * (runtime.rank + 1))
     started = time.perf_counter()
     n = recalibrate(step.model, (step.views(b, generator) for b in loader.epoch(0)))

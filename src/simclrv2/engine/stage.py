@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import StageConfig
 from ..data import ImageSet
-from ..data.loader import Batch
+from ..data.loader import Batch, TrainCrops
 from ..data.splits import LabeledSplits, micro_batch_size
 from ..distributed import Runtime
 from ..record import Record
@@ -65,10 +65,14 @@ class TrainStep:
     network, saved), ``net`` (the network the step calls: ``model`` wrapped by DDP or compile),
     ``settings`` (channels-last, micro-batch, precision), ``modules()`` (every module the step
     holds, for the memory estimate's data-free twin) and ``headline`` (the logged figure the progress
-    display shows, and its name).
+    display shows, and its name), and ``crops`` (the random crops the data loader takes of each image
+    for the step, from the full-resolution image: ``data.loader.TrainCrops``; None: the loader hands
+    whole images). A step whose ``augment`` is a ``SimCLRAugment`` gets ``crops`` from it, one view
+    per image unless its class sets ``views_per_image``.
     """
 
     headline: tuple[str, str] = ("loss", "loss")  # (key of the step's logs or "loss", the name it is shown by)
+    views_per_image: int = 1
 
     def __init__(self, model: nn.Module, net: nn.Module, settings: StepSettings):
         self.model, self.net, self.settings = model, net, settings
@@ -76,6 +80,12 @@ class TrainStep:
     @property
     def micro_batch(self) -> Optional[int]:
         return self.settings.micro_batch
+
+    @property
+    def crops(self) -> Optional[TrainCrops]:
+        augment = getattr(self, "augment", None)
+        config = getattr(augment, "config", None)
+        return None if config is None else TrainCrops.of(config, self.views_per_image)
 
     @property
     def computes_gradients(self) -> bool:

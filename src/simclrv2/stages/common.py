@@ -42,7 +42,7 @@ class ClassifierStep(TrainStep):
 
     def views(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """The augmented views the network trains on."""
-        return self.layout(self.augment(batch.images, batch.aspect, generator))
+        return self.layout(self.augment(batch.images, batch.sizes, generator))
 
     def __call__(self, batch: Batch, generator: torch.Generator,
                  index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -63,6 +63,8 @@ class ContrastiveStep(TrainStep):
     records them once, in the second pass.
     """
 
+    views_per_image = 2
+
     def __init__(self, model: nn.Module, net: nn.Module, augment: SimCLRAugment, criterion: NTXentLoss,
                  settings: StepSettings, momentum: MomentumEncoder | None = None, queue: MemoryQueue | None = None):
         super().__init__(model, net, settings)
@@ -98,9 +100,9 @@ class ContrastiveStep(TrainStep):
 
     def _views(self, batch: Batch, generator: torch.Generator, rows: slice) -> torch.Tensor:
         """Both augmented views of the images ``rows`` (view 1 of every image, then view 2)."""
-        images, aspect = batch.images[rows], batch.aspect[rows]
-        return self.layout(torch.cat([self.augment(images, aspect, generator),
-                                      self.augment(images, aspect, generator)]))
+        images, sizes = batch.images[rows], batch.sizes[rows]
+        return self.layout(torch.cat([self.augment(images, sizes, generator, view=0),
+                                      self.augment(images, sizes, generator, view=1)]))
 
     def _cached(self, batch: Batch, generator: torch.Generator,
                 queue: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
