@@ -228,3 +228,25 @@ def test_inductor_compiled_matches_masked_within_tolerance():
                                    atol=FLOAT32_TOLERANCE, rtol=0)
         assert torch.equal(got[~apply], x[~apply])
     assert jitter.error is None
+
+
+@pytest.mark.slow  # on a GPU: Triton compilation, tens of seconds; skipped without CUDA
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_default_is_compiled_has_no_host_sync_and_matches_masked():
+    device = torch.device("cuda")
+    x, apply = edge_images().to(device), apply_mask(24).to(device)
+    assert augment._jitter_method(x, None, None) == "compiled"
+
+    def jitter(method: str | None) -> torch.Tensor:
+        return color_jitter(x, 1.0, apply, torch.Generator(device).manual_seed(0), method=method)
+
+    want = jitter("masked")
+    jitter(None)  # compiles
+    torch.cuda.set_sync_debug_mode("error")  # a host sync raises
+    try:
+        got, fused = jitter(None), jitter("fused")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert augment.COMPILED_JITTER.error is None
+    torch.testing.assert_close(got, want, atol=FLOAT32_TOLERANCE, rtol=0)
+    torch.testing.assert_close(fused, want, atol=FLOAT32_TOLERANCE, rtol=0)
