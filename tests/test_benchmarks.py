@@ -36,6 +36,7 @@ def run_script(name: str, *args: str) -> str:
     ("label_selection.py", ("--quick",), ["| selection | 10 (10 images) |", "| uniform random |",
                                           "| typiclust - balanced random |"]),
     ("reference_loop.py", ("--quick",), ["| per-step ratio |", "| whole-run ratio |", "r18_0.25x_sk0 @ 32 px"]),
+    ("color_jitter.py", ("--quick",), ["| evaluation | ms | masked / this |", "| 8 | 32 | 0.5 | fused |"]),
     ("checkpoint_stall.py", ("--quick",), ["| training stalled ms |", "background (host copy, thread)"]),
     ("memory_estimate.py", ("--quick",), ["| preset | model | images / GPU |", "--micro-batch 16 --activation-checkpointing"]),
     ("memory_estimate.py", ("--quick", "--measure"), ["| estimate GiB | measured GiB | ratio |", "| distill |"]),
