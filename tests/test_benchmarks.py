@@ -23,6 +23,8 @@ def run_script(name: str, *args: str) -> str:
     ("step_overhead.py", ("--quick", "--breakdown", "--profile"), ["| ratio full/bare |", "| augment |", "r18_0.25x_sk0"]),
     ("data_path.py", ("--quick",), ["workers=0", "workers=1", "| limits |"]),
     ("data_path.py", ("--photos", "2", "--photo-size", "1200x900"), ["| photo -> loader output |", "| 1200x900 JPEG"]),
+    ("decode.py", ("--quick",), ["| + 2 crops to 224 img/s |", "| 320x240 (", "| 1200x900 (",
+                                 "| Pillow draft (load_rgb, the loader's) |", "| old path: Pillow"]),
     ("gpu_throughput.py", ("--device", "cpu", "--quick"),
      ["bf16 matmul peak", "| GFLOP/img |", "compile (eager)", "| distill |", "| finetune |"]),
     ("fewshot_probe.py", ("--quick",), ["| raw pixels (8x8) |", "temperature=0.1: h0", "temperature=0.1: h1"]),
