@@ -38,7 +38,7 @@ from _common import Case, machine_line, markdown_table, pretrain_augment, resolv
 from step_overhead import measure  # noqa: E402
 
 from simclrv2.data import open_images  # noqa: E402
-from simclrv2.data.loader import Loader  # noqa: E402
+from simclrv2.data.loader import Loader, TrainCrops  # noqa: E402
 from simclrv2.distributed import Runtime  # noqa: E402
 from simclrv2.engine.loop import step_generator  # noqa: E402
 

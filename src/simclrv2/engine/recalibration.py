@@ -11,7 +11,7 @@ import torch
 
 from ..config import StageConfig
 from ..data import ImageSet
-from ..data.loader import Loader
+from ..data.loader import Loader, cached
 from ..distributed import Runtime
 from .stage import TrainStep
 
@@ -35,8 +35,11 @@ def recalibrate_bn(step: TrainStep, images: ImageSet, cfg: StageConfig, runtime:
     mine = images.subset(chosen[runtime.rank * share:(runtime.rank + 1) * share])
     batch = max(1, min(cfg.micro_batch or cfg.batch_size // runtime.world_size, share))
     alone = Runtime(0, 1, runtime.local_rank, runtime.device)
-    loader = Loader(mine, "train", cfg.resolved_load_size(), batch, alone, seed=cfg.seed, shuffle=False,
-                    drop_last=False, workers=cfg.workers, cache="off", strict=cfg.strict_data, crops=step.crops)
+    # the crops where training takes them: in the workers, or on the device for data training caches whole
+    load_size = cfg.resolved_load_size()
+    crops = None if cached(images, load_size, cfg.cache, step.crops) else step.crops
+    loader = Loader(mine, "train", load_size, batch, alone, seed=cfg.seed, shuffle=False,
+                    drop_last=False, workers=cfg.workers, cache="off", strict=cfg.strict_data, crops=crops)
     generator = torch.Generator(device=runtime.device).manual_seed(cfg.seed + 7919 * (runtime.rank + 1))
     started = time.perf_counter()
     n = recalibrate(step.model, (step.views(b, generator) for b in loader.epoch(0)))
