@@ -3,8 +3,9 @@
 Nobody can judge an augmentation from its parameters; this writes the pixels the network sees.
 The views come from the objects pretraining uses: the training images of ``--data`` (less the
 ``--holdout`` part, as ``open_splits``), the same ``Loader`` in "train" mode at the resolved load
-size (decode and squash), the same ``SimCLRAugment`` of ``PretrainConfig.augment_config()`` (crop,
-flip, colour, blur) and the random stream of step 0 (``engine.loop.step_generator(seed, 0, rank 0,
+size (the workers' crops from full resolution, or, for data training caches whole, the whole images), the
+same ``SimCLRAugment`` of ``PretrainConfig.augment_config()`` (crop where the loader did not, flip,
+colour, blur) and the random stream of step 0 (``engine.loop.step_generator(seed, 0, rank 0,
 device)``), called twice on the batch: view a, then view b. They are the views of the first ``--n``
 images of step 0 of a one-process run with the same options, ``--batch-size`` (default: ``--n``;
 the random numbers are drawn per batch, so another batch size draws others) and device (CPU and CUDA

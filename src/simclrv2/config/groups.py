@@ -28,8 +28,9 @@ class DataOptions:
     holdout: float = option(0.0, "fraction of --data held out for evaluation when --eval-data is not "
                             "given (stratified, seeded, never trained on)", minimum=0, maximum=0.9)
     image_size: int = option(224, "side of the training images in pixels", minimum=8, maximum=MAX_IMAGE_SIZE)
-    load_size: Optional[int] = option(None, "side of the squashed images the loader hands to the "
-                                      "device (default: image size * 8/7, or the image size at <= 32 px)",
+    load_size: Optional[int] = option(None, "side at which data no larger than it is cached whole and cropped on "
+                                      "the device (larger images are cropped from full resolution by the "
+                                      "workers; default: image size * 8/7, or the image size at <= 32 px)",
                                       minimum=8, maximum=MAX_IMAGE_SIZE)
     small_images: str = option("auto", "CIFAR stem (3x3/1 conv, no max pool): auto = image size <= 32",
                                choices=("auto", "on", "off"))
@@ -97,7 +98,9 @@ class RuntimeOptions:
                                   "already uses every core)")
     workers: Optional[int] = option(None, "decoding worker processes (default: cores - 1, at most 8)",
                                     minimum=0)
-    cache: str = option("auto", "keep decoded images in memory (auto: when they fit in 2 GiB)",
+    cache: str = option("auto", "keep the images in memory at the load size (auto: when they fit in 2 GiB and "
+                        "none is larger than the load size, else the workers crop from full resolution; "
+                        "on: also larger images, squashed: their crops lose resolution)",
                         choices=("auto", "on", "off"))
     strict_data: bool = option(False, "stop at the first unreadable image instead of skipping it")
     max_image_pixels: int = option(100_000_000, "largest image decoded, in pixels (after the reduced decoding of "
