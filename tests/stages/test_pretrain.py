@@ -70,6 +70,46 @@ def test_resume_ends_with_same_weights_and_memory_as_uninterrupted_run(tmp_path,
             assert torch.equal(value, last_b["state"][name][key]), (name, key)
 
 
+def test_resume_is_exact_when_the_workers_crop_from_full_resolution(tmp_path, monkeypatch):
+    """Images larger than the load size: the loader's workers draw and cut the crops (seeded by the
+    position in the epoch). A run stopped after step 3 and resumed with a worker process ends with the
+    weights of an uninterrupted run without one."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 48, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    common = dict(TINY, data=str(folder), model="r18_0.125x_sk0", batch_size=8, holdout=0.0, epochs=2,
+                  knn_monitor=False, checkpoint_every=1, keep_checkpoints=10)
+
+    def run(name, **kw):
+        return from_mapping(PretrainConfig, {**common, "out": str(tmp_path / name / "run"), **kw})
+
+    seen = []
+    original_init = loop.Engine.__init__
+
+    def record_loader(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        seen.append((self.loader.cache is None, self.loader.crops))
+
+    monkeypatch.setattr(loop.Engine, "__init__", record_loader)
+    train(run("a", workers=0))
+    assert seen[-1][0] and seen[-1][1].views == 2 and seen[-1][1].size == 16  # the workers' crops
+    reference = load_checkpoint(tmp_path / "a" / "run" / "model.pt")
+
+    original = loop.Engine._stop_requested
+    monkeypatch.setattr(loop.Engine, "_stop_requested", lambda self: self.progress.step == 3 or original(self))
+    with pytest.raises(loop.Preempted):
+        train(run("b", workers=0))
+    monkeypatch.setattr(loop.Engine, "_stop_requested", original)
+    train(run("b", workers=1, resume="auto"))
+    resumed = load_checkpoint(tmp_path / "b" / "run" / "model.pt")
+    for key, value in reference["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
 def test_refuses_to_overwrite_a_finished_run(tmp_path):
     cfg = config(tmp_path, epochs=1, knn_monitor=False)
     train(cfg)

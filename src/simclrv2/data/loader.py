@@ -117,7 +117,8 @@ def reduced_side(shorter: int, box_side: int, size: int) -> int | None:
 
 
 def preprocess(array: np.ndarray, mode: str, size: int, crop_fraction: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """uint8 (H, W, 3) -> uint8 (3, size, size) and the original (height, width)."""
+    """uint8 (H, W, 3) -> uint8 (3, size, size) and (H, W), the decoded size (the original's unless a large
+    JPEG was decoded at a reduced scale: never for images no larger than the load size)."""
     height, width = array.shape[:2]
     image = Image.fromarray(array)
     if mode == "eval" and crop_fraction < 1.0:
