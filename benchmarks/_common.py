@@ -131,6 +131,17 @@ def make_batch(case: Case, device: torch.device, classes: int = 0, seed: int = 0
     return data, Batch(images.to(device), sizes.to(device), labels.to(device), torch.arange(n))
 
 
+def cropped_batch(batch: Batch, size: int, views: int = 2, seed: int = 0) -> Batch:
+    """``batch`` as the Loader's workers hand it for images larger than the load size: ``views`` uint8 crops
+    of ``size`` per image, already cut from the full-resolution image (ImageNet-like 375 x 500 originals)."""
+    g = torch.Generator().manual_seed(seed)
+    n = batch.images.shape[0]
+    crops = torch.randint(0, 256, (n, views, 3, size, size), dtype=torch.uint8, generator=g)
+    sizes = torch.tensor([[375.0, 500.0]]).expand(n, 2)
+    device = batch.images.device
+    return Batch(crops.to(device), sizes.to(device), batch.labels, batch.indices)
+
+
 def pretrain_augment(case: Case) -> SimCLRAugment:
     """The pretraining step's augmentation (``PretrainConfig``'s defaults at ``case.size``)."""
     return SimCLRAugment(PretrainConfig(model=case.model, image_size=case.size).augment_config())

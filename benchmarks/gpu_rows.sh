@@ -2,7 +2,8 @@
 # The GPU rows of BENCHMARKS.md (sections 3 and 9) in one command, at most about 8 minutes on one H200,
 # each part time-capped so that one slow part cannot take the others' time:
 #   1. the pretraining step's parts and the bare network step (full / bare ratio, augmentation share):
-#      r50_1x_sk0 224 b256, r50_1x_sk1 224 b128, r18 32 px b512 (step_overhead.py --breakdown);
+#      r50_1x_sk0 224 b256, r50_1x_sk1 224 b128 (on the two views the workers cut), r18 32 px b512 (on whole
+#      cached images, the device cropping) (step_overhead.py --breakdown);
 #   2. eager against torch.compile (inductor) with peak memory and model FLOPs: r50_1x_sk0 b256 and
 #      r50_1x_sk1 b128 (gpu_throughput.py, pretraining only, no largest-batch search);
 #   3. the input-bound rate: a folder of JPEGs through the Loader's workers (decode + the two crops from

@@ -7,8 +7,8 @@ code with its defaults on a synthetic uint8 batch that is the run's whole data s
 (the network the step calls, as ``--compile`` does). For each model (default r50_1x_sk0 and
 r50_1x_sk1 at 224 px):
 
-- pretraining: ``ContrastiveStep`` (device-side augmentation of the uint8 batch at the load
-  size 256 with aspect ratios, two views, ``ContrastiveModel``, NT-Xent, LARS) at each
+- pretraining: ``ContrastiveStep`` (device-side augmentation of the two uint8 views per image the
+  loader's workers cut: flip, colour, blur; ``ContrastiveModel``, NT-Xent, LARS) at each
   ``--batch-sizes``: images/s (an image = its two views), the model's FLOPs per image (forward
   + backward of both views, counted with ``torch.utils.flop_counter.FlopCounterMode``; the
   augmentation, loss and optimizer are not counted), achieved TFLOP/s and its fraction of a
@@ -47,8 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (Case, machine_line, make_batch, markdown_table, median, resolve_device,  # noqa: E402
-                     stage_engine, timed)
+from _common import (Case, cropped_batch, machine_line, make_batch, markdown_table, median,  # noqa: E402
+                     resolve_device, stage_engine, timed)
 
 from simclrv2.data.loader import Batch  # noqa: E402
 from simclrv2.engine import Engine  # noqa: E402
@@ -107,10 +107,15 @@ def matmul_peak(device: torch.device, n: int, iters: int) -> float:
 
 def engine_and_batch(kind: str, name: str, size: int, batch: int, device: torch.device,
                      compile_backend: str | None) -> tuple[Engine, Batch]:
-    """The real step of ``kind`` in bf16 and channels-last, and a batch for it."""
+    """The real step of ``kind`` in bf16 and channels-last, and a batch for it: above 32 px the views the
+    loader's workers cut from full-resolution photos (the device draws flip, colour and blur), at <= 32 px
+    whole cached images (the device also crops), as a run on such data gets them."""
     case = Case(name, size, batch)
     data, b = make_batch(case, device, classes=0 if kind == "pretrain" else NUM_CLASSES)
-    return stage_engine(kind, case, data, device, "bf16", "on", compile_backend), b
+    engine = stage_engine(kind, case, data, device, "bf16", "on", compile_backend)
+    if size > 32:
+        b = cropped_batch(b, size, views=engine.step.views_per_image)
+    return engine, b
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (Case, machine_line, make_batch, markdown_table, median, pretrain_augment,  # noqa: E402
-                     resolve_device, stage_engine, sync, timed)
+from _common import (Case, cropped_batch, machine_line, make_batch, markdown_table, median,  # noqa: E402
+                     pretrain_augment, resolve_device, stage_engine, sync, timed)
 
 from simclrv2.data.loader import Batch  # noqa: E402
 from simclrv2.engine import Engine  # noqa: E402
@@ -120,17 +120,25 @@ class BareStep:
         mark("bookkeeping")
 
 
-def full_engine(case: Case, device: torch.device, precision: str, channels_last: bool) -> tuple[Engine, Batch]:
-    """The real pretraining engine of ``case`` and its batch."""
+def full_engine(case: Case, device: torch.device, precision: str, channels_last: bool,
+                cropped: bool = False) -> tuple[Engine, Batch]:
+    """The real pretraining engine of ``case`` and its batch: whole images at the load size, as the loader's
+    cache hands them (the device crops), or with ``cropped`` the two views the workers cut (``--input``)."""
     data, batch = make_batch(case, device)
     engine = stage_engine("pretrain", case, data, device, precision, "on" if channels_last else "off")
-    return engine, batch
+    return engine, (cropped_batch(batch, case.size) if cropped else batch)
+
+
+def uses_cropped(case: Case, choice: str) -> bool:
+    """``--input auto``: the workers' crops above 32 px (photos larger than the load size, as ImageNet's),
+    whole cached images at <= 32 px (CIFAR-like data no larger than the load size)."""
+    return choice == "cropped" or (choice == "auto" and case.size > 32)
 
 
 def measure(case: Case, device: torch.device, warmup: int, steps: int, precision: str = "fp32",
-            channels_last: bool = False, breakdown: bool = False) -> dict:
+            channels_last: bool = False, breakdown: bool = False, cropped: bool = False) -> dict:
     """Interleaved bare/full steps; medians; optional per-part breakdown of the full step."""
-    engine, batch = full_engine(case, device, precision, channels_last)
+    engine, batch = full_engine(case, device, precision, channels_last, cropped)
     bare = BareStep(copy.deepcopy(engine.model), device, precision)
     step = engine.step
     with torch.no_grad():
@@ -225,6 +233,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--breakdown", action="store_true", help="also time each part of the full step")
+    parser.add_argument("--input", default="auto", choices=("auto", "whole", "cropped"),
+                        help="the step's batch: whole images at the load size (the cache; the device crops), the "
+                             "two views the workers cropped, or auto: cropped above 32 px")
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table")
     parser.add_argument("--augment-only", action="store_true",
                         help="only time the two augmented views of each case (no model)")
@@ -245,14 +256,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(machine_line(device) + f", device: {device}, warmup {max(warmup, 1)}, timed {steps} (median)\n")
         print(markdown_table(["model", "px", "batch", "load px", "two views ms"], rows))
         return rows
-    results = [measure(Case.parse(c), device, warmup, steps, precision, channels_last, args.breakdown)
+    results = [measure(Case.parse(c), device, warmup, steps, precision, channels_last, args.breakdown,
+                       uses_cropped(Case.parse(c), args.input))
                for c in cases]
     print(f"# step_overhead ({datetime.date.today()})\n")
     print(machine_line(device) + f", device: {device}, precision: {precision}, channels_last: {channels_last}, "
           f"warmup {warmup}, timed steps {steps} (median)\n")
-    rows = [[r["case"].model, r["case"].size, r["case"].batch, f"{r['bare_ips']:.2f}", f"{r['full_ips']:.2f}",
-             f"{r['ratio']:.3f}", "yes" if r["ratio"] >= 0.85 else "no"] for r in results]
-    print(markdown_table(["model", "px", "batch", "bare img/s", "full img/s", "ratio full/bare", ">= 0.85"], rows))
+    rows = [[r["case"].model, r["case"].size, r["case"].batch,
+             "2 views cut by the workers" if uses_cropped(r["case"], args.input) else "whole, load size (cache)",
+             f"{r['bare_ips']:.2f}", f"{r['full_ips']:.2f}", f"{r['ratio']:.3f}", "yes" if r["ratio"] >= 0.85 else "no"]
+            for r in results]
+    print(markdown_table(["model", "px", "batch", "input", "bare img/s", "full img/s", "ratio full/bare", ">= 0.85"],
+                         rows))
     print("\nimg/s: medians; ratio: median over adjacent (bare, full) pairs of bare time / full time. "
           "Fastest/slowest timed step: " + "; ".join(
               f"{r['case'].model} full {r['spread'][0]:.2f}, bare {r['spread'][1]:.2f}" for r in results))
