@@ -21,9 +21,9 @@ import logging
 import pytest
 import torch
 from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from simclrv2 import augment
+from sync_ops import SyncingOps
 from simclrv2.augment import (
     FUSED_SCHEDULE,
     CompiledJitter,
@@ -125,23 +125,6 @@ def test_unselected_images_are_untouched_even_out_of_range():
 
 
 # ------------------------------------------------------------------ no host sync, no data-dependent shape
-
-SYNCING = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::nonzero_static",
-           "aten::masked_select", "aten::equal", "aten::unique", "aten::_unique2", "aten::repeat_interleave"}
-
-
-class SyncingOps(TorchDispatchMode):
-    """Records the ops whose result's size or value a host would have to wait for."""
-
-    def __init__(self):
-        super().__init__()
-        self.found: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name in SYNCING:
-            self.found.append(func._schema.name)
-        return func(*args, **(kwargs or {}))
-
 
 def run_on_fake_tensors(evaluation) -> torch.Tensor:
     """``evaluation`` on tensors without data: a data-dependent size or value raises."""

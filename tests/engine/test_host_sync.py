@@ -12,30 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from simclrv2 import augment
 from simclrv2.stages import stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import Case, make_batch, stage_engine  # noqa: E402
-
-# ops that make the host wait for the device (their result's size or value is read on the host)
-SYNCING = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::nonzero_static",
-           "aten::masked_select", "aten::equal", "aten::unique", "aten::_unique2", "aten::unique_consecutive",
-           "aten::repeat_interleave", "aten::allclose"}
-
-
-class SyncFlags(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.found: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name in SYNCING:
-            self.found.append(func._schema.name)
-        return func(*args, **(kwargs or {}))
-
+from sync_ops import SyncingOps  # noqa: E402
 
 @pytest.mark.parametrize("stage", [s.name for s in stages()])
 def test_a_training_step_has_no_host_sync(stage, monkeypatch):
@@ -44,13 +28,30 @@ def test_a_training_step_has_no_host_sync(stage, monkeypatch):
     data, batch = make_batch(case, torch.device("cpu"), classes=4)
     engine = stage_engine(stage, case, data, torch.device("cpu"))
     engine.train_step(batch)  # first step: optimizer state created
-    with SyncFlags() as flags:
+    with SyncingOps() as flags:
         engine.train_step(batch)
     assert flags.found == []
-    with SyncFlags() as flags:  # the probe sees what it should: the CPU colour jitter's subsets
+    with SyncingOps() as flags:  # the probe sees what it should: the CPU colour jitter's subsets
         monkeypatch.undo()
         if stage == "pretrain":
             engine.train_step(batch)
             assert "aten::nonzero" in flags.found
         torch.ones(2).sum().item()
     assert "aten::_local_scalar_dense" in flags.found
+
+
+def test_the_step_on_the_workers_cropped_views_has_no_host_sync(monkeypatch):
+    """Images larger than the load size reach the step as the two views the workers cut: the device's
+    flip, colour and blur of them stay free of host syncs too."""
+    from _common import cropped_batch
+
+    monkeypatch.setattr(augment, "color_jitter", functools.partial(augment.color_jitter, by_subset=False))
+    case = Case.parse("r18_0.25x_sk1:40:8")
+    data, batch = make_batch(case, torch.device("cpu"))
+    engine = stage_engine("pretrain", case, data, torch.device("cpu"))
+    batch = cropped_batch(batch, case.size, views=2)
+    assert batch.images.shape == (8, 2, 3, 40, 40)
+    engine.train_step(batch)
+    with SyncingOps() as flags:
+        engine.train_step(batch)
+    assert flags.found == []
