@@ -87,7 +87,7 @@ def draw_views(cfg: PretrainConfig, n: int, batch_size: int | None = None) -> Vi
     import torch
 
     from ..augment import SimCLRAugment
-    from ..data.loader import Loader, TrainCrops, cached
+    from ..data.loader import Loader, TrainCrops, worker_crops
     from ..data.splits import open_splits
     from ..distributed import single_process
     from ..engine.loop import step_generator
@@ -104,10 +104,8 @@ def draw_views(cfg: PretrainConfig, n: int, batch_size: int | None = None) -> Vi
     augment = SimCLRAugment(cfg.augment_config())
     # the crops as training takes them: by the loader from full-resolution images, or, for data that
     # training caches whole (no image larger than the load size), on the device from the whole image
-    crops = TrainCrops.of(augment.config, views=2)
     load_size = cfg.resolved_load_size()
-    if cached(train, load_size, cfg.cache, crops):
-        crops = None
+    crops = worker_crops(train, load_size, cfg.cache, TrainCrops.of(augment.config, views=2))
     loader = Loader(train, "train", load_size, batch_size, runtime, seed=cfg.seed, workers=0, cache="off",
                     crops=crops)
     batch = next(iter(loader.epoch(0)))

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..crops import crop_pixels, min_covered_for, sample_boxes
+from ..crops import AREA_RANGE, RATIO_RANGE, crop_pixels, min_covered_for, sample_boxes
 from ..distributed import Runtime
 from ..errors import UserError
 from .images import BadImage, upright_size
@@ -87,8 +87,8 @@ class TrainCrops:
 
     size: int
     views: int = 1
-    area: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    area: tuple[float, float] = AREA_RANGE
+    ratio: tuple[float, float] = RATIO_RANGE
 
     @classmethod
     def of(cls, config, views: int) -> "TrainCrops":
@@ -286,6 +286,13 @@ def cached(images: ImageSet, size: int, cache: str, crops: TrainCrops | None) ->
     if cache != "auto":
         return cache == "on"
     return len(images) * 3 * size * size <= CACHE_BYTES and (crops is None or no_larger_than(images, size))
+
+
+def worker_crops(images: ImageSet, size: int, cache: str, crops: TrainCrops | None) -> TrainCrops | None:
+    """The crops the workers take in a training run with these settings: ``crops``, or None where the run
+    caches the images whole and the device crops them. For loaders that must draw the views a run draws
+    without building its cache (``simclrv2 views``, batch-norm recalibration: ``cache="off"``)."""
+    return None if cached(images, size, cache, crops) else crops
 
 
 def no_larger_than(images: ImageSet, side: int) -> bool:

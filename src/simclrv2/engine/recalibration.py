@@ -11,7 +11,7 @@ import torch
 
 from ..config import StageConfig
 from ..data import ImageSet
-from ..data.loader import Loader, cached
+from ..data.loader import Loader, worker_crops
 from ..distributed import Runtime
 from .stage import TrainStep
 
@@ -37,7 +37,7 @@ def recalibrate_bn(step: TrainStep, images: ImageSet, cfg: StageConfig, runtime:
     alone = Runtime(0, 1, runtime.local_rank, runtime.device)
     # the crops where training takes them: in the workers, or on the device for data training caches whole
     load_size = cfg.resolved_load_size()
-    crops = None if cached(images, load_size, cfg.cache, step.crops) else step.crops
+    crops = worker_crops(images, load_size, cfg.cache, step.crops)
     loader = Loader(mine, "train", load_size, batch, alone, seed=cfg.seed, shuffle=False,
                     drop_last=False, workers=cfg.workers, cache="off", strict=cfg.strict_data, crops=crops)
     generator = torch.Generator(device=runtime.device).manual_seed(cfg.seed + 7919 * (runtime.rank + 1))
